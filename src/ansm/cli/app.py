@@ -1,0 +1,82 @@
+"""The Typer app and what every command shares: one-line errors, seeding, progress bars.
+
+Each command lives in its own module under ``ansm/cli/`` and is a thin wrapper: parse, seed, call one
+library function, print. Commands import heavy modules inside their body so ``ansm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, Iterable, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ansm.errors import AnsmError
+
+app = typer.Typer(
+    name="ansm",
+    help="Attack, defend (ANSM) and benchmark image forgery localizers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console(stderr=True)
+T = TypeVar("T")
+
+
+def friendly_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn :class:`AnsmError` (bad input, bad config) into ``error: <message>`` and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except AnsmError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted; completed outputs are kept and the run can be resumed")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def command(name: str, example: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Register ``fn`` as ``ansm <name>``; the docstring is the help and ``example`` is shown under it."""
+
+    def deco(fn: Callable[..., T]) -> Callable[..., T]:
+        wrapped = friendly_errors(fn)
+        app.command(name=name, epilog=f"Example:  {example}")(wrapped)
+        return wrapped
+
+    return deco
+
+
+def progress(disable: bool | None = None) -> Progress:
+    """A Rich progress bar on stderr (hidden when stderr is not a terminal and ANSM_PROGRESS is unset)."""
+    if disable is None:
+        import os
+
+        disable = not (sys.stderr.isatty() or os.environ.get("ANSM_PROGRESS"))
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+        transient=False,
+    )
+
+
+def track(items: Iterable[T], total: int | None, description: str) -> Iterable[T]:
+    with progress() as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)

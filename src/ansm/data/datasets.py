@@ -1,0 +1,212 @@
+"""Read forgery datasets in the layouts the IFL field uses.
+
+* **Pairs folder** (the layout of ``shared/data``): ``<id>.<ext>`` + ``<id>_gt.png``; authentic images in
+  ``authentic/`` (empty masks). Also accepted for the mask: ``<id>_mask.png``, ``<id>_gt.<ext>``.
+* **Tp/Gt folders** (IMDLBenCo's ManiDataset): ``Tp/<id>.<ext>`` and ``Gt/<id>{,_gt,_mask}.<ext>``, paired by
+  name (not by sorted order, which silently mispairs when one file is missing).
+* **JSON list** (IMDLBenCo's JsonDataset): ``[[image_path, mask_path_or_"Negative"], ...]``; relative paths are
+  resolved against the JSON file's folder, and no path may escape that root (a manifest cannot make us read
+  ``/etc/passwd``); pass ``root=`` to resolve against another folder.
+* A folder whose subfolders are datasets (``shared/data``: casia1, imd2020, comofod): see :func:`discover_datasets`.
+
+Images are returned at native size unless the caller asks otherwise (``max_side`` downscales keeping the aspect
+ratio; ``size`` resizes to a fixed HxW). A mask whose size differs from its image is an error naming both files,
+unless ``resize_masks=True`` (nearest neighbour).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ansm.data.io import IMAGE_EXTENSIONS, check_same_size, read_image, read_mask
+from ansm.errors import DataError
+
+MASK_SUFFIXES = ("_gt", "_mask", "_gt_target", "_gt_source")
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str
+    image: Path
+    mask: Path | None  # None = authentic (all-zero mask)
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _is_mask_name(stem: str) -> bool:
+    return any(stem.endswith(s) for s in MASK_SUFFIXES)
+
+
+def _find_mask(folder: Path, stem: str, suffixes: tuple[str, ...] = ("_gt", "_mask", "")) -> Path | None:
+    for suffix in suffixes:
+        for ext in (".png", ".tif", ".tiff", ".bmp", ".jpg"):
+            p = folder / f"{stem}{suffix}{ext}"
+            if p.is_file():
+                return p
+    return None
+
+
+def _inside(root: Path, path: Path, manifest: Path) -> Path:
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise DataError(f"{manifest}: path {path} escapes the dataset root {root}")
+    return resolved
+
+
+def records_from_pairs_folder(root: Path) -> list[Record]:
+    records = []
+    for img in sorted(p for p in root.iterdir() if _is_image(p) and not _is_mask_name(p.stem)):
+        mask = _find_mask(root, img.stem, suffixes=("_gt", "_mask"))
+        if mask is None:
+            raise DataError(f"{img}: no mask found (expected {img.stem}_gt.png beside it, or put authentic images in authentic/)")
+        records.append(Record(img.stem, img, mask))
+    auth = root / "authentic"
+    if auth.is_dir():
+        records += [Record(p.stem, p, None) for p in sorted(auth.iterdir()) if _is_image(p)]
+    return records
+
+
+def records_from_tp_gt(root: Path) -> list[Record]:
+    tp, gt = root / "Tp", root / "Gt"
+    records = []
+    for img in sorted(p for p in tp.iterdir() if _is_image(p)):
+        mask = _find_mask(gt, img.stem)
+        if mask is None:
+            raise DataError(f"{img}: no mask in {gt} (looked for {img.stem}.png, {img.stem}_gt.png, {img.stem}_mask.png)")
+        records.append(Record(img.stem, img, mask))
+    au = root / "Au"
+    if au.is_dir():
+        records += [Record(p.stem, p, None) for p in sorted(au.iterdir()) if _is_image(p)]
+    return records
+
+
+def records_from_json(path: Path, root: Path | None = None) -> list[Record]:
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a readable JSON list ({exc})") from None
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: expected a JSON list of [image_path, mask_path or \"Negative\"]")
+    base = (root or path.parent).resolve()
+    records = []
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+            raise DataError(f"{path}: entry {i} is not [image_path, mask_path or \"Negative\"]: {entry!r}")
+        img = _inside(base, base / entry[0], path)
+        mask = None if entry[1] == "Negative" else _inside(base, base / entry[1], path)
+        for p in (img, mask):
+            if p is not None and not p.is_file():
+                raise DataError(f"{path}: entry {i} names {p}, which does not exist")
+        records.append(Record(img.stem, img, mask))
+    return records
+
+
+def list_records(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Record]:
+    """Detect the layout of ``path`` and list its samples."""
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".json":
+        recs = records_from_json(p, Path(root) if root else None)
+    elif p.is_dir() and (p / "Tp").is_dir() and (p / "Gt").is_dir():
+        recs = records_from_tp_gt(p)
+    elif p.is_dir():
+        recs = records_from_pairs_folder(p)
+    else:
+        raise DataError(f"{p}: dataset not found (expected a folder or an IMDLBenCo .json list)")
+    if not recs:
+        raise DataError(f"{p}: no images found (supported: {', '.join(IMAGE_EXTENSIONS)})")
+    names = [r.name for r in recs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})[:3]
+        raise DataError(f"{p}: duplicate image ids {dup} (ids must be unique within a dataset)")
+    return recs
+
+
+class ForgeryDataset(torch.utils.data.Dataset):
+    """Items: ``{"image": 3xHxW, "mask": 1xHxW, "name", "label", "image_path", "mask_path"}``."""
+
+    def __init__(self, path: str | os.PathLike, *, root: str | os.PathLike | None = None, max_side: int | None = None,
+                 size: tuple[int, int] | None = None, resize_masks: bool = False, records: list[Record] | None = None) -> None:
+        self.path = Path(path)
+        self.records = records if records is not None else list_records(path, root)
+        self.max_side, self.size, self.resize_masks = max_side, size, resize_masks
+        if max_side is not None and max_side < 8:
+            raise DataError(f"max_side must be >= 8, got {max_side}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _target_size(self, h: int, w: int) -> tuple[int, int] | None:
+        if self.size is not None:
+            return self.size
+        if self.max_side is not None and max(h, w) > self.max_side:
+            scale = self.max_side / max(h, w)
+            return max(1, round(h * scale)), max(1, round(w * scale))
+        return None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        image = read_image(rec.image)
+        if rec.mask is None:
+            mask = torch.zeros(1, *image.shape[-2:])
+        else:
+            mask = read_mask(rec.mask)
+            if mask.shape[-2:] != image.shape[-2:] and self.resize_masks:
+                mask = F.interpolate(mask[None], size=image.shape[-2:], mode="nearest")[0]
+            check_same_size(image, mask, rec.image, rec.mask)
+        target = self._target_size(*image.shape[-2:])
+        if target is not None:
+            image = F.interpolate(image[None], size=target, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+            mask = (F.interpolate(mask[None], size=target, mode="nearest")[0] > 0.5).float()
+        return {
+            "image": image,
+            "mask": mask,
+            "name": rec.name,
+            "label": int(mask.any()),
+            "image_path": str(rec.image),
+            "mask_path": str(rec.mask) if rec.mask else "",
+        }
+
+
+def open_dataset(path: str | os.PathLike, **kwargs: Any) -> ForgeryDataset:
+    """Open one dataset (pairs folder, Tp/Gt folders, or IMDLBenCo JSON list)."""
+    return ForgeryDataset(path, **kwargs)
+
+
+def discover_datasets(path: str | os.PathLike, **kwargs: Any) -> dict[str, ForgeryDataset]:
+    """``{name: dataset}``: the folder itself if it holds images, else each subfolder that is a dataset."""
+    p = Path(path)
+    if p.is_file() or (p.is_dir() and (any(_is_image(c) for c in p.iterdir()) or (p / "Tp").is_dir())):
+        return {p.stem if p.is_file() else p.name: open_dataset(p, **kwargs)}
+    if not p.is_dir():
+        raise DataError(f"{p}: dataset not found")
+    found = {}
+    for sub in sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")):
+        if any(_is_image(c) for c in sub.iterdir()) or (sub / "Tp").is_dir():
+            found[sub.name] = open_dataset(sub, **kwargs)
+    if not found:
+        raise DataError(f"{p}: no dataset found in it or in its subfolders")
+    return found
+
+
+def open_data(spec: str | os.PathLike, *, size: int = 128, seed: int = 0, **kwargs: Any) -> torch.utils.data.Dataset:
+    """What every ``--data`` option accepts: ``synthetic:N`` (N held-out synthetic forgeries: the test split,
+    photos never seen in training, at ``size`` x ``size``) or a dataset path (see :func:`open_dataset`)."""
+    text = str(spec)
+    if text.startswith("synthetic:"):
+        from ansm.data.synth import SyntheticForgeries
+
+        try:
+            n = int(text.split(":", 1)[1])
+        except ValueError:
+            raise DataError(f"cannot read {text!r}: write synthetic:N, e.g. synthetic:50") from None
+        return SyntheticForgeries(n, seed=seed, split="test", size=size)
+    return open_dataset(text, **kwargs)
