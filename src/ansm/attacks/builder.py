@@ -1,0 +1,272 @@
+"""Build an anti-forensics dataset: attack every image of a dataset and save the results as a new dataset.
+
+Output layout (the "pairs folder" that :func:`ansm.data.datasets.open_dataset` reads back)::
+
+    <out>/<id>.png              adversarial forged image (lossless PNG, uint8)
+    <out>/<id>_gt.png           its ground-truth mask, unchanged
+    <out>/authentic/<id>.png    adversarial authentic image (empty mask: no _gt file, as in the source layout)
+    <out>/records/<id>.json     one record per finished image (written last: "record exists" = "image done")
+    <out>/attack.json           the run's settings; a restart with different settings is refused
+    <out>/manifest.jsonl        one line per image, sorted by id, assembled from the records once all exist
+
+Resumable and shardable by construction:
+
+* every file is written atomically and the record is written after the image and mask, so a run killed at any
+  moment leaves only complete files, and a restart skips exactly the images that have records;
+* the randomness of image ``id`` comes from a generator seeded with ``hash(seed, id)``, never from a global
+  stream, so an image gets the same pixels whatever ran before it, in which shard, and after how many restarts;
+* ``shard=(k, n)`` takes the images at positions ``k, k + n, k + 2n, ...`` of the dataset's (sorted) order; the
+  shard that completes the set writes the manifest, whose bytes do not depend on how the work was split.
+
+Measurements are taken on what is saved: the uint8 PNG pixels against the source image, so L-inf/L2 include
+the rounding (an L-inf attack is re-clipped after rounding so the saved file still respects ``eps``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+
+from ansm.attacks.base import Attack, eval_mode
+from ansm.data.io import write_png
+from ansm.errors import ConfigError, DataError
+from ansm.eval.metrics import f1_score
+from ansm.utils import write_json_atomic, write_text_atomic
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    n_images: int  # in the whole dataset
+    n_shard: int  # in this shard
+    n_attacked: int  # attacked by this run
+    n_skipped: int  # already complete (resumed)
+    manifest: Path | None  # None until every shard has finished
+
+
+def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
+    """``"k/n"`` (0-based k) -> ``(k, n)``; ``None`` -> ``(0, 1)``."""
+    if text is None:
+        return (0, 1)
+    if isinstance(text, tuple):
+        k, n = text
+    else:
+        try:
+            k_s, n_s = str(text).split("/")
+            k, n = int(k_s), int(n_s)
+        except ValueError:
+            raise ConfigError(f"cannot read shard {text!r}: write k/n with 0 <= k < n, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise ConfigError(f"shard {k}/{n} is out of range: need 0 <= k < n")
+    return (k, n)
+
+
+def image_seed(seed: int, image_id: str) -> int:
+    """A 63-bit seed from ``(seed, id)``: stable across processes and Python versions (no ``hash()``)."""
+    digest = hashlib.sha256(f"{int(seed)}\x00{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def quantize(adv: torch.Tensor, x: torch.Tensor, eps: float | None) -> torch.Tensor:
+    """Round to the uint8 grid (what a PNG stores); with an L-inf ``eps``, keep the rounded image in the ball."""
+    q = (adv.clamp(0, 1) * 255).round()
+    if eps is not None:
+        lo = torch.ceil((x - eps) * 255 - 1e-4).clamp(0, 255)
+        hi = torch.floor((x + eps) * 255 + 1e-4).clamp(0, 255)
+        ok = lo <= hi
+        q = torch.where(ok, torch.minimum(torch.maximum(q, lo), hi), (x * 255).round())
+    return q / 255
+
+
+def _r(v: float) -> float | None:
+    """Round for the manifest; non-finite values (PSNR of an unchanged image) become ``null``."""
+    return round(float(v), 6) if math.isfinite(float(v)) else None
+
+
+def _check_id(image_id: Any) -> str:
+    name = str(image_id)
+    if not name or name.startswith(".") or "/" in name or "\\" in name or name.endswith("_gt"):
+        raise DataError(f"image id {name!r} cannot be used as a file name (no path separators, no leading dot, no _gt suffix)")
+    return name
+
+
+def _item_id(dataset: Any, index: int) -> str | None:
+    """The id without decoding the image, when the dataset lists its records (file-based datasets do)."""
+    records = getattr(dataset, "records", None)
+    if records is not None and hasattr(records[index], "name"):
+        return _check_id(records[index].name)
+    return None
+
+
+def measure(x: torch.Tensor, adv_q: torch.Tensor) -> dict[str, float | None]:
+    """L-inf, L2 (whole image, [0,1] units), PSNR (dB, peak 1) and SSIM of the saved image against the source."""
+    diff = (adv_q - x).double()
+    mse = float(diff.pow(2).mean())
+    a = x.permute(1, 2, 0).double().numpy()
+    b = adv_q.permute(1, 2, 0).double().numpy()
+    win = min(7, *a.shape[:2]) | 1 if min(a.shape[:2]) >= 3 else None
+    ssim = structural_similarity(a, b, channel_axis=2, data_range=1.0, win_size=win) if win else float("nan")
+    return {
+        "linf": _r(diff.abs().max()),
+        "l2": _r(diff.pow(2).sum().sqrt()),
+        "psnr": _r(10 * math.log10(1.0 / mse)) if mse > 0 else None,
+        "ssim": _r(ssim),
+    }
+
+
+def attack_one(attack: Attack, localizer: Callable[[torch.Tensor], torch.Tensor], item: dict[str, Any],
+               seed: int, device: torch.device | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Attack one dataset item; return the quantized adversarial image (3xHxW) and its measurements."""
+    image_id = _check_id(item["name"])
+    x = item["image"].float()
+    m = item["mask"].float()
+    if x.dim() != 3 or x.shape[0] != 3 or m.shape != (1, *x.shape[-2:]):
+        raise DataError(f"{image_id}: expected image 3xHxW and mask 1xHxW, got {tuple(x.shape)} and {tuple(m.shape)}")
+    gen = torch.Generator().manual_seed(image_seed(seed, image_id))
+    dev = device or x.device
+    adv = attack(x[None].to(dev), m[None].to(dev), generator=gen)[0].cpu()
+    adv_q = quantize(adv, x, attack.eps if attack.norm == "linf" else None)
+    with torch.no_grad(), eval_mode(localizer):
+        logits = localizer(torch.stack([x, adv_q]).to(dev)).float().cpu()
+    prob = torch.sigmoid(logits)
+    f1 = f1_score(prob, torch.stack([m, m]))
+    area = (prob > 0.5).flatten(1).float().mean(1)
+    stats = {**measure(x, adv_q), "f1_before": _r(f1[0]), "f1_after": _r(f1[1]),
+             "pred_area_before": _r(area[0]), "pred_area_after": _r(area[1])}
+    return adv_q, stats
+
+
+def _paths(out: Path, image_id: str, forged: bool) -> tuple[Path, Path | None]:
+    if forged:
+        return out / f"{image_id}.png", out / f"{image_id}_gt.png"
+    return out / "authentic" / f"{image_id}.png", None
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    path = out / "attack.json"
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: unreadable ({exc}); delete it or use a new output folder") from None
+        if previous != settings:
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise ConfigError(f"{out} was built with different settings ({', '.join(changed)} differ); "
+                              "use a new output folder to change them")
+    else:
+        write_json_atomic(path, settings)
+
+
+def assemble_manifest(out: str | os.PathLike, n_images: int) -> Path | None:
+    """Write ``manifest.jsonl`` (records sorted by id) when all ``n_images`` records exist; else return None."""
+    root = Path(out)
+    records = sorted((root / "records").glob("*.json"))
+    if len(records) < n_images:
+        return None
+    rows = [json.loads(p.read_text()) for p in records]
+    rows.sort(key=lambda r: r["id"])
+    path = root / "manifest.jsonl"
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return path
+
+
+def build_adversarial_dataset(dataset: Any, localizer: Callable[[torch.Tensor], torch.Tensor], attack: Attack,
+                              out: str | os.PathLike, *, seed: int = 0, shard: str | tuple[int, int] | None = None,
+                              describe: dict[str, Any] | None = None, device: torch.device | None = None,
+                              on_item: Callable[[str, bool], None] | None = None) -> BuildResult:
+    """Attack every image of ``dataset`` (items ``{"image", "mask", "name", ...}``) and write the results.
+
+    Args:
+        dataset: a map-style dataset of item dicts (file-based or synthetic).
+        localizer: the model the F1 before/after is measured on (usually the attacked one).
+        attack: a built attack (see :func:`ansm.attacks.create_attack`).
+        out: output folder (created); re-running on it resumes.
+        seed: base seed; image ``id`` uses ``image_seed(seed, id)``.
+        shard: ``"k/n"`` to process one deterministic n-th of the images.
+        describe: extra settings recorded in ``attack.json`` (e.g. dataset and checkpoint names); a restart
+            must pass the same.
+        on_item: called as ``on_item(id, attacked)`` after each image of the shard (attacked or skipped).
+    """
+    k, n = parse_shard(shard)
+    root = Path(out)
+    n_images = len(dataset)
+    if n_images == 0:
+        raise DataError("the dataset is empty")
+    settings = {"format": FORMAT_VERSION, "attack": attack.name, "params": attack.params(), "seed": int(seed),
+                "n_images": n_images, **(describe or {})}
+    root.mkdir(parents=True, exist_ok=True)
+    _check_settings(root, settings)
+
+    indices = range(k, n_images, n)
+    attacked = skipped = 0
+    for index in indices:
+        image_id = _item_id(dataset, index)
+        if image_id is not None and (root / "records" / f"{image_id}.json").exists():
+            skipped += 1
+            if on_item:
+                on_item(image_id, False)
+            continue
+        item = dataset[index]
+        image_id = _check_id(item["name"])
+        record_path = root / "records" / f"{image_id}.json"
+        if record_path.exists():
+            skipped += 1
+            if on_item:
+                on_item(image_id, False)
+            continue
+        adv_q, stats = attack_one(attack, localizer, item, seed, device)
+        forged = bool(item["mask"].any())
+        img_path, gt_path = _paths(root, image_id, forged)
+        write_png(img_path, adv_q)
+        if gt_path is not None:
+            write_png(gt_path, (item["mask"] > 0.5).float())
+        record = {
+            "id": image_id,
+            "image": img_path.relative_to(root).as_posix(),
+            "mask": gt_path.relative_to(root).as_posix() if gt_path else None,
+            "label": int(forged),
+            "source_image": item.get("image_path") or None,
+            "source_mask": item.get("mask_path") or None,
+            "attack": attack.name,
+            "params": attack.params(),
+            "seed": image_seed(seed, image_id),
+            **stats,
+        }
+        write_text_atomic(record_path, json.dumps(record, sort_keys=True) + "\n")
+        attacked += 1
+        if on_item:
+            on_item(image_id, True)
+    manifest = assemble_manifest(root, n_images)
+    return BuildResult(root, n_images, len(indices), attacked, skipped, manifest)
+
+
+def summarize_manifest(path: str | os.PathLike) -> dict[str, float]:
+    """Means over the manifest's images: F1 before/after (forged images only), L-inf/L2 max/mean, PSNR, SSIM."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    forged = [r for r in rows if r["label"] == 1]
+
+    def mean(values: list[Any]) -> float:
+        v = [float(x) for x in values if x is not None]
+        return float(np.mean(v)) if v else math.nan
+
+    return {
+        "n_images": len(rows),
+        "n_forged": len(forged),
+        "f1_before": mean([r["f1_before"] for r in forged]),
+        "f1_after": mean([r["f1_after"] for r in forged]),
+        "linf_max": max((r["linf"] for r in rows), default=math.nan),
+        "l2_mean": mean([r["l2"] for r in rows]),
+        "psnr_mean": mean([r["psnr"] for r in rows]),
+        "ssim_mean": mean([r["ssim"] for r in rows]),
+    }
