@@ -11,11 +11,20 @@ import typer
 from ansm.cli.app import command, console, progress
 
 
+def _takes_weights(arch: str) -> bool:
+    """Architectures built on a published backbone take ``weights`` (a path, or "auto" to look it up)."""
+    import inspect
+
+    from ansm.models import LOCALIZERS
+
+    return "weights" in inspect.signature(LOCALIZERS.get(arch)).parameters
+
+
 @command("train-localizer", example="ansm train-localizer --out runs/localizer --steps 550 --seed 0")
 def train_localizer_cmd(
     out: Path = typer.Option(Path("runs/localizer"), "--out", "-o", help="Run folder (re-run to resume)."),
     arch: str = typer.Option("twostream", help="Registered localizer: twostream, unet-small, noiseprint-head."),
-    weights: Optional[str] = typer.Option(None, help="noiseprint-head: Noiseprint++ weights file or 'auto'."),
+    weights: Optional[str] = typer.Option(None, help="noiseprint-head: Noiseprint++ weights file (default: auto lookup)."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW, warm-up then cosine)."),
@@ -35,7 +44,11 @@ def train_localizer_cmd(
 
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "size": size, "pool": pool,
                  "source": str(source) if source else None, "eval_n": eval_n}
-    arch_kwargs = {"weights": weights} if weights else {}
+    arch_kwargs = {"weights": weights or "auto"} if _takes_weights(arch) else {}
+    if weights and not arch_kwargs:
+        from ansm.errors import ConfigError
+
+        raise ConfigError(f"--weights: {arch} does not load third-party weights (it is trained from scratch)")
     cfg = TrainLocalizerConfig(arch=arch, arch_kwargs=arch_kwargs, out=str(out), seed=seed,
                                **{k: v for k, v in overrides.items() if v is not None})
     seed_everything(seed)
