@@ -58,3 +58,16 @@ def test_train_localizer_prints_time_and_heldout_f1(tmp_path: Path) -> None:
     assert "held-out synthetic" in res.output and "F1@0.5" in res.output and " s " in res.output
     assert (tmp_path / "loc" / "localizer.safetensors").is_file()
     assert json.loads((tmp_path / "loc" / "summary.json").read_text())["heldout"]["n_images"] == 4
+
+
+def test_evaluate_over_all_shared_data(shared_dir: Path, trained_localizer_path: Path, tmp_path: Path) -> None:
+    """Real JPEG/PNG forgeries of mixed sizes, at native resolution, one row per dataset."""
+    out = tmp_path / "shared.json"
+    res = runner.invoke(app, ["evaluate", "--model", str(trained_localizer_path), "--data", str(shared_dir / "data"),
+                              "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    numbers = json.loads(out.read_text())["datasets"]
+    assert {"casia1", "imd2020", "comofod"} <= set(numbers)
+    assert numbers["casia1"]["n_images"] == 50 and numbers["casia1"]["n_forged"] == 40
+    for name in ("casia1", "imd2020", "comofod"):
+        assert name in res.output

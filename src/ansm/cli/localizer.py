@@ -69,7 +69,8 @@ def train_localizer_cmd(
     typer.echo(f"checkpoint: {out / 'localizer'}  (total {summary['train_s'] + summary.get('eval_s', 0):.0f} s)")
 
 
-COLUMNS = ("n_images", "n_forged", "f1", "iou", "f1_best", "pixel_auc", "image_auc", "authentic_fp_rate")
+COLUMNS = {"n_images": "images", "n_forged": "forged", "f1": "F1", "iou": "IoU", "f1_best": "best-F1",
+           "pixel_auc": "pixel AUC", "image_auc": "image AUC", "authentic_fp_rate": "auth. FP"}
 
 
 @command("evaluate", example="ansm evaluate --model runs/localizer/localizer --data ../shared/data --json runs/eval.json")
@@ -113,9 +114,9 @@ def evaluate_cmd(
             results[name] = evaluate(localizer, ds, batch_size=batch_size, device=dev,
                                      on_item=lambda k, t=task: bar.advance(t, k))
     table = Table(title=f"{model}: F1/IoU at 0.5, mean over forged images")
-    table.add_column("dataset")
-    for col in COLUMNS:
-        table.add_column(col, justify="right")
+    table.add_column("dataset", no_wrap=True)
+    for header in COLUMNS.values():
+        table.add_column(header, justify="right")
     for name, r in results.items():
         table.add_row(name, *(fmt(r[c]) for c in COLUMNS))
     from rich.console import Console

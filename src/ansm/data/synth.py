@@ -48,14 +48,14 @@ class SynthConfig:
     kind_weights: tuple[float, float, float, float] = (0.40, 0.25, 0.20, 0.15)  # order of KINDS
     area: tuple[float, float] = (0.02, 0.25)
     host_noise: tuple[float, float] = (0.5, 2.5)
-    noise_gap: tuple[float, float] = (3.0, 8.0)
+    noise_gap: tuple[float, float] = (4.0, 10.0)
     resample: tuple[float, float] = (0.6, 1.7)
     blur: tuple[float, float] = (0.0, 1.5)
     first_jpeg_prob: float = 0.6
     first_jpeg_quality: tuple[int, int] = (65, 95)
     donor_jpeg_prob: float = 0.5
     donor_jpeg_quality: tuple[int, int] = (50, 90)
-    final_jpeg_prob: float = 0.5
+    final_jpeg_prob: float = 0.35
     final_jpeg_quality: tuple[int, int] = (85, 98)
 
     def __post_init__(self) -> None:

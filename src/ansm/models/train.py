@@ -38,19 +38,24 @@ class TrainLocalizerConfig:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     out: str = "runs/localizer"
     seed: int = 0
-    steps: int = 550
-    batch_size: int = 16
+    # Defaults measured on 2 CPU cores: ~0.17 s per step of 8 crops of 96x96 (a batch of 16 costs ~2.5x, not 2x, on
+    # a CPU), so more, smaller steps learn more per second; ~4 min in all with data rendering and evaluation.
+    steps: int = 1200
+    batch_size: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup: int = 30
     size: int = 128
-    pool: int = 1600  # training images rendered once, then augmented with flips and 90-degree rotations
+    crop: int | None = 96  # train on random crops of this side (cheaper steps); None trains on whole images
+    pool: int = 1200  # training images rendered once, then augmented with flips and 90-degree rotations
     source: str | None = None  # None: photos bundled with scikit-image; else a folder of authentic images
     ckpt_every: int = 100
     eval_n: int = 200  # held-out synthetic test images (unseen photos) evaluated at the end; 0 skips
     dice_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.crop is not None and not 16 <= self.crop:
+            raise ConfigError(f"crop must be >= 16 (or None), got {self.crop}")
         for name in ("steps", "batch_size", "pool", "ckpt_every", "size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -98,6 +103,13 @@ def augmented_batch(images: torch.Tensor, masks: torch.Tensor, step: int, cfg: T
     idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
     x = images[idx].float().div_(255)
     m = masks[idx].float()
+    if cfg.crop and cfg.crop < cfg.size:
+        # Random crops, not resizes: resizing would blur exactly the noise and resampling traces we learn from.
+        ys = torch.randint(cfg.size - cfg.crop + 1, (cfg.batch_size,), generator=g).tolist()
+        xs = torch.randint(cfg.size - cfg.crop + 1, (cfg.batch_size,), generator=g).tolist()
+        c = cfg.crop
+        x = torch.stack([x[i, :, y:y + c, x0:x0 + c] for i, (y, x0) in enumerate(zip(ys, xs))])
+        m = torch.stack([m[i, :, y:y + c, x0:x0 + c] for i, (y, x0) in enumerate(zip(ys, xs))])
     if torch.rand(1, generator=g).item() < 0.5:
         x, m = x.flip(-1), m.flip(-1)
     k = int(torch.randint(4, (1,), generator=g))
@@ -113,7 +125,7 @@ def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: 
 def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainLocalizerConfig) -> int:
     tensors, meta = load_checkpoint(path)
     saved = meta.get("config", {})
-    for key in ("arch", "arch_kwargs", "seed", "size", "pool", "source", "batch_size", "steps"):
+    for key in ("arch", "arch_kwargs", "seed", "size", "crop", "pool", "source", "batch_size", "steps"):
         if saved.get(key) != asdict(cfg).get(key):
             raise CheckpointError(f"{path}: cannot resume, {key} was {saved.get(key)!r} but is now {asdict(cfg).get(key)!r}")
     load_state_dict_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
