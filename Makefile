@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ansm train-localizer --out runs/demo/localizer
-	$(BIN)/ansm evaluate --model runs/demo/localizer/localizer --data synthetic:200 --json runs/demo/eval.json
+	$(BIN)/ansm demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,126 @@
+"""Training data for ANSM: clean synthetic forgeries, plus adversarial pairs read from ``ansm attack`` folders.
+
+ANSM is trained on triples ``(x_o, x_a, m)``. The clean pool gives ``(x_o, m)`` and the trainer attacks it online;
+an anti-forensics folder (see :mod:`ansm.attacks.builder`) gives ready-made ``x_a``, whose original ``x_o`` is
+found through the manifest's ``source_image`` (file datasets) or, for a synthetic source, by the image id in the
+clean pool (build the attack set from the same ``SyntheticForgeries`` the pool renders, as ``ansm demo`` does).
+Everything is held in memory as uint8/bool (a 400-image pool at 128x128 is 20 MB).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ansm.data.io import read_image, read_mask
+from ansm.data.synth import SyntheticForgeries
+from ansm.errors import DataError
+
+
+@dataclass
+class Pool:
+    """Images (N x 3 x H x W uint8), masks (N x 1 x H x W bool) and their ids; all images the same size."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class AdversarialPool:
+    """Aligned originals, adversarial images and masks (same layout as :class:`Pool`)."""
+
+    originals: torch.Tensor
+    adversarial: torch.Tensor
+    masks: torch.Tensor
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _u8(image: torch.Tensor) -> torch.Tensor:
+    return image.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def render_clean_pool(n: int, seed: int, size: int, source: str | None = None,
+                      on_item: Callable[[], None] | None = None) -> Pool:
+    """Render ``n`` training-split synthetic forgeries (photos disjoint from the test split)."""
+    ds = SyntheticForgeries(n, seed=seed, split="train", size=size, source=source)
+    images = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    masks = torch.empty(n, 1, size, size, dtype=torch.bool)
+    names = []
+    for i in range(n):
+        item = ds[i]
+        images[i], masks[i] = _u8(item["image"]), item["mask"] > 0.5
+        names.append(str(item["name"]))
+        if on_item:
+            on_item()
+    return Pool(images, masks, names)
+
+
+def _manifest_rows(folder: Path) -> list[dict]:
+    manifest = folder / "manifest.jsonl"
+    if manifest.is_file():
+        return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    records = sorted((folder / "records").glob("*.json"))
+    if not records:
+        raise DataError(f"{folder}: not an attack set (no manifest.jsonl or records/; build one with `ansm attack`)")
+    return [json.loads(p.read_text()) for p in records]
+
+
+def load_adversarial_pool(folders: Sequence[str | os.PathLike], clean: Pool | None = None) -> AdversarialPool:
+    """Read ``(x_o, x_a, m)`` triples from attack-set folders; every image must have the same size."""
+    by_name = {name: i for i, name in enumerate(clean.names)} if clean is not None else {}
+    originals, adversarial, masks, names = [], [], [], []
+    for folder in map(Path, folders):
+        for row in _manifest_rows(folder):
+            x_a = read_image(folder / row["image"])
+            m = read_mask(folder / row["mask"]) if row.get("mask") else torch.zeros(1, *x_a.shape[-2:])
+            src = row.get("source_image")
+            if src and Path(src).is_file():
+                x_o = _u8(read_image(src))
+            elif row["id"] in by_name:
+                x_o = clean.images[by_name[row["id"]]]
+            else:
+                raise DataError(f"{folder}: cannot find the original of {row['id']!r} (no readable source_image, and "
+                                "not in the synthetic training pool; build the set from the same pool or from files)")
+            if x_o.shape != x_a.shape:
+                raise DataError(f"{folder}/{row['image']}: adversarial image {tuple(x_a.shape)} and original "
+                                f"{tuple(x_o.shape)} differ in size")
+            # ids alone do not identify a synthetic sample across seeds: check the pair is the one measured
+            linf = row.get("linf")
+            if linf is not None and float((_u8(x_a).float() - x_o.float()).abs().max()) > linf * 255 + 1.01:
+                raise DataError(f"{folder}: the original of {row['id']!r} does not match its adversarial image "
+                                f"(L-inf above the recorded {linf:.4f}); was the set built from another pool or seed?")
+            originals.append(x_o)
+            adversarial.append(_u8(x_a))
+            masks.append(m > 0.5)
+            names.append(str(row["id"]))
+    if not names:
+        raise DataError(f"attack sets {', '.join(map(str, folders))} hold no images")
+    shapes = {tuple(t.shape) for t in originals}
+    if len(shapes) > 1:
+        raise DataError(f"attack-set images differ in size ({sorted(shapes)[:3]}); use one size per training run")
+    return AdversarialPool(torch.stack(originals), torch.stack(adversarial), torch.stack(masks), names)
+
+
+def random_crops(tensors: Sequence[torch.Tensor], crop: int | None, generator: torch.Generator) -> list[torch.Tensor]:
+    """The same random ``crop`` x ``crop`` window per image across ``tensors`` (N x C x H x W each)."""
+    if crop is None:
+        return list(tensors)
+    n, _, h, w = tensors[0].shape
+    if crop > min(h, w):
+        raise DataError(f"crop {crop} is larger than the training images ({h}x{w})")
+    ys = torch.randint(h - crop + 1, (n,), generator=generator)
+    xs = torch.randint(w - crop + 1, (n,), generator=generator)
+    return [torch.stack([t[i, :, y:y + crop, x:x + crop] for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist()))])
+            for t in tensors]

@@ -1,0 +1,325 @@
+"""Two-stage ANSM training: stage 1 FFA, then stage 2 MgR, with the localizer frozen throughout.
+
+One loop, read top to bottom (nanoGPT style). Step ``t`` (global over both stages) is a pure function of
+``(seed, t)``: its source (attack set or online attack), its images, crops, attack, budget and objective are drawn
+from a generator seeded with ``(seed, t)``, and the online attack's random start from ``(seed, t, rank)``. So a run
+killed at any point and started again resumes from ``<out>/train_state`` to exactly the weights an uninterrupted
+run ends with (same machine, same world size).
+
+Adversarial inputs come from two places, mixed per step:
+
+* **online**: the frozen localizer is attacked on the current batch with an attack drawn from ``attacks``
+  (FGSM or a short PGD by default), a budget uniform in ``[eps_min, eps_max]`` and an objective from
+  ``objectives``. Fresh adversarial noise every step is what keeps ANSM from memorising a fixed attack set;
+* **offline**: triples read from anti-forensics folders built by ``ansm attack`` (``adv_data``), used for a
+  share ``adv_fraction`` of the steps.
+
+Distributed: under ``torchrun`` every rank takes its slice of the global batch, ANSM is wrapped in
+``DistributedDataParallel`` (gradients averaged), rank 0 writes checkpoints. ``batch_size`` is the global batch.
+
+Outputs in ``out``: ``ansm_stage1`` (the model after stage 1: the stage-1-only ablation), ``ansm`` (final),
+``train_state`` (resumable), ``summary.json``. Checkpoint JSON records the localizer spec and taps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ansm.attacks import create_attack
+from ansm.checkpoint import (
+    checkpoint_paths,
+    load_checkpoint,
+    load_state_dict_strict,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_checkpoint,
+)
+from ansm.defense.ansm_net import ANSM, save_ansm
+from ansm.defense.data import AdversarialPool, Pool, load_adversarial_pool, random_crops, render_clean_pool
+from ansm.defense.ddp import DistContext, all_reduce_mean, barrier, setup_distributed, teardown
+from ansm.defense.losses import REDUCTIONS, ffa_loss, mgr_loss
+from ansm.errors import CheckpointError, ConfigError
+from ansm.models.taps import FeatureTaps, resolve_layers
+from ansm.utils import parse_eps, write_json_atomic
+
+ONLINE_ATTACKS = ("fgsm", "pgd", "bim", "mifgsm")
+# Settings that define the result: a resume with any of them changed is refused.
+_RESUME_KEYS = ("localizer", "seed", "stage1_steps", "stage2_steps", "batch_size", "crop", "lr", "eps_d", "width",
+                "dilations", "norm", "taps", "ffa_alpha", "ffa_reduction", "mgr_lambda", "mgr_dice", "mgr_ffa", "attacks",
+                "objectives", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source")
+
+
+@dataclass
+class TrainANSMConfig:
+    """Everything that defines an ANSM training run (see docs/ansm.md for why each default)."""
+
+    localizer: str = "runs/localizer/localizer"  # checkpoint path, registered name or module:callable
+    out: str = "runs/ansm"
+    seed: int = 0
+    stage1_steps: int = 60  # FFA
+    stage2_steps: int = 200  # MgR
+    batch_size: int = 16  # global batch (split over DDP ranks)
+    crop: int | None = 64  # random training crops (ANSM is fully convolutional); None = whole images
+    lr: float = 5e-3
+    warmup: int = 10
+    eps_d: float = 16 / 255
+    width: int = 16
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4])
+    norm: str = "none"  # "group": GroupNorm inside ANSM (see ansm_net.py)
+    taps: list[str] | None = None  # None: the localizer's default_taps
+    ffa_alpha: float = 1e-6
+    ffa_reduction: str = "mean"
+    mgr_lambda: float = 1.0
+    mgr_dice: float = 0.0
+    mgr_ffa: float = 0.0  # weight of an FFA term kept in stage 2
+    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
+    objectives: list[str] = field(default_factory=lambda: ["untargeted"])
+    eps_min: float = 4 / 255
+    eps_max: float = 10 / 255
+    pgd_steps: int = 3
+    adv_data: list[str] = field(default_factory=list)  # folders built by `ansm attack`
+    adv_fraction: float = 0.3  # share of steps taken from adv_data (when given)
+    pool: int = 400  # clean synthetic training images
+    size: int = 128
+    source: str | None = None
+    ckpt_every: int = 25
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("eps_d", "eps_min", "eps_max"):
+            try:
+                setattr(self, name, parse_eps(getattr(self, name)))
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+        for name in ("stage1_steps", "stage2_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.stage1_steps + self.stage2_steps < 1:
+            raise ConfigError("nothing to train: stage1_steps + stage2_steps must be >= 1")
+        for name in ("batch_size", "pool", "ckpt_every", "pgd_steps", "size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop is not None and not 8 <= self.crop <= self.size:
+            raise ConfigError(f"crop must be in [8, size={self.size}] or None, got {self.crop}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.eps_d <= 1 or self.eps_min > self.eps_max:
+            raise ConfigError(f"need 0 < eps_d <= 1 and eps_min <= eps_max (got {self.eps_d}, {self.eps_min}, {self.eps_max})")
+        if self.ffa_reduction not in REDUCTIONS:
+            raise ConfigError(f"ffa_reduction must be one of {', '.join(REDUCTIONS)}, got {self.ffa_reduction!r}")
+        bad = sorted(set(self.attacks) - set(ONLINE_ATTACKS))
+        if not self.attacks or bad:
+            raise ConfigError(f"online attacks must be among {', '.join(ONLINE_ATTACKS)}, got {self.attacks}")
+        if not self.objectives or set(self.objectives) - {"untargeted", "hide"}:
+            raise ConfigError(f"objectives must be among untargeted, hide; got {self.objectives}")
+        if not 0 <= self.adv_fraction <= 1:
+            raise ConfigError(f"adv_fraction must be in [0, 1], got {self.adv_fraction}")
+        if self.adv_fraction == 1 and not self.adv_data:
+            raise ConfigError("adv_fraction is 1 but no adv_data folders were given")
+        self.dilations = [int(d) for d in self.dilations]
+        self.taps = list(self.taps) if self.taps is not None else None
+        self.adv_data = [str(p) for p in self.adv_data]
+
+    @property
+    def total_steps(self) -> int:
+        return self.stage1_steps + self.stage2_steps
+
+
+def stage_of(step: int, cfg: TrainANSMConfig) -> int:
+    return 1 if step < cfg.stage1_steps else 2
+
+
+def lr_at(step: int, cfg: TrainANSMConfig) -> float:
+    """Per stage: linear warm-up, then cosine decay to 5% (each stage restarts the schedule)."""
+    start, length = (0, cfg.stage1_steps) if stage_of(step, cfg) == 1 else (cfg.stage1_steps, cfg.stage2_steps)
+    t = step - start
+    warm = min(cfg.warmup, max(1, length // 5))
+    if t < warm:
+        return cfg.lr * (t + 1) / warm
+    progress = (t - warm) / max(1, length - warm)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _generator(*parts: int) -> torch.Generator:
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class Batch:
+    x_o: torch.Tensor
+    x_a: torch.Tensor
+    mask: torch.Tensor
+    source: str  # "online:<attack>/<objective>/<eps>" or "offline"
+
+
+def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.Module, pool: Pool,
+               adv: AdversarialPool | None) -> Batch:
+    """This rank's slice of step ``step``'s batch, with its adversarial images (a function of (seed, step, rank))."""
+    g = _generator(cfg.seed, step)
+    lo, hi = ctx.rank * cfg.batch_size // ctx.world_size, (ctx.rank + 1) * cfg.batch_size // ctx.world_size
+    use_offline = adv is not None and torch.rand(1, generator=g).item() < cfg.adv_fraction
+    if use_offline:
+        idx = torch.randint(len(adv), (cfg.batch_size,), generator=g)
+        x_o, x_a, m = random_crops([adv.originals[idx], adv.adversarial[idx], adv.masks[idx]], cfg.crop, g)
+        x_o, x_a, m = (t[lo:hi].to(ctx.device).float() for t in (x_o, x_a, m))
+        return Batch(x_o / 255, x_a / 255, m, "offline")
+    idx = torch.randint(len(pool), (cfg.batch_size,), generator=g)
+    x_o, m = random_crops([pool.images[idx], pool.masks[idx]], cfg.crop, g)
+    k = int(torch.randint(4, (1,), generator=g))  # clean images may be flipped/rotated before the attack
+    flip = torch.rand(1, generator=g).item() < 0.5
+    x_o, m = (t.flip(-1) if flip else t for t in (x_o, m))
+    x_o, m = (t.rot90(k, dims=(-2, -1)) for t in (x_o, m))
+    name = cfg.attacks[int(torch.randint(len(cfg.attacks), (1,), generator=g))]
+    objective = cfg.objectives[int(torch.randint(len(cfg.objectives), (1,), generator=g))]
+    eps = cfg.eps_min + (cfg.eps_max - cfg.eps_min) * torch.rand(1, generator=g).item()
+    x_o = x_o[lo:hi].to(ctx.device).float() / 255
+    m = m[lo:hi].to(ctx.device).float()
+    kwargs: dict[str, Any] = {"eps": eps, "objective": objective}
+    if name != "fgsm":
+        # enough step size to reach the ball's boundary in pgd_steps steps (2.5 eps / steps, Madry's ratio)
+        kwargs |= {"steps": cfg.pgd_steps, "alpha": 2.5 * eps / cfg.pgd_steps}
+    attack = create_attack(name, localizer, **kwargs)
+    x_a = attack(x_o, m, generator=_generator(cfg.seed, step, ctx.rank, 7))
+    return Batch(x_o, x_a, m, f"online:{name}/{objective}/{eps * 255:.1f}")
+
+
+def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int, taps: list[str],
+                cfg: TrainANSMConfig) -> torch.Tensor:
+    """Stage 1: FFA(V(ANSM(x_a)), V(x_o)). Stage 2: MgR dual-mask loss (+ optional FFA term)."""
+    need_ffa = stage == 1 or cfg.mgr_ffa > 0
+    feats_o: dict[str, torch.Tensor] = {}
+    if need_ffa:
+        with torch.no_grad(), FeatureTaps(localizer, taps) as t:
+            localizer(batch.x_o)
+            feats_o = dict(t.features)
+    b = batch.x_a.shape[0]
+    # stage 2 needs x_po too: one pass over [x_a; x_o] (ANSM and V treat images independently, so this equals two
+    # passes, and it keeps DistributedDataParallel to one forward per backward)
+    inputs = batch.x_a if stage == 1 else torch.cat([batch.x_a, batch.x_o])
+    defended = ansm(inputs)
+    tapper = FeatureTaps(localizer, taps) if need_ffa else None
+    with tapper or contextlib.nullcontext():
+        logits = localizer(defended)
+    feats = {k: v[:b] for k, v in tapper.features.items()} if tapper else {}
+    if stage == 1:
+        return ffa_loss(feats, feats_o, cfg.ffa_alpha, cfg.ffa_reduction)
+    loss = mgr_loss(logits[:b], logits[b:], batch.mask, cfg.mgr_lambda, cfg.mgr_dice)
+    if cfg.mgr_ffa > 0:
+        loss = loss + cfg.mgr_ffa * ffa_loss(feats, feats_o, cfg.ffa_alpha, cfg.ffa_reduction)
+    return loss
+
+
+def freeze(localizer: nn.Module) -> nn.Module:
+    """Eval mode, no parameter gradients: the localizer is never changed by ANSM training."""
+    localizer.eval()
+    for p in localizer.parameters():
+        p.requires_grad_(False)
+    return localizer
+
+
+def _save_state(path: Path, ansm: ANSM, opt: torch.optim.Optimizer, step: int, cfg: TrainANSMConfig) -> None:
+    opt_tensors, opt_meta = optimizer_to_tensors(opt)
+    tensors = {f"model.{k}": v for k, v in ansm.state_dict().items()} | opt_tensors
+    save_checkpoint(path, tensors, {"kind": "ansm_train_state", "step": step, "config": asdict(cfg), "optimizer": opt_meta})
+
+
+def _load_state(path: Path, ansm: ANSM, opt: torch.optim.Optimizer, cfg: TrainANSMConfig) -> int:
+    tensors, meta = load_checkpoint(path)
+    saved, now = meta.get("config", {}), asdict(cfg)
+    for key in _RESUME_KEYS:
+        if saved.get(key) != now.get(key):
+            raise CheckpointError(f"{path}: cannot resume, {key} was {saved.get(key)!r} but is now {now.get(key)!r} "
+                                  "(use a new --out to change it)")
+    load_state_dict_strict(ansm, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    optimizer_from_tensors(opt, tensors, meta["optimizer"])
+    return int(meta["step"])
+
+
+def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
+               on_step: Callable[[int, int, float], None] | None = None,
+               on_pool_item: Callable[[], None] | None = None) -> tuple[ANSM, dict[str, Any]]:
+    """Train ANSM against a frozen localizer; return (ANSM in eval mode, summary). See the module docstring.
+
+    Args:
+        localizer: the model to protect; resolved from ``cfg.localizer`` when omitted. It is frozen (eval mode,
+            ``requires_grad=False``) and never modified.
+        on_step: ``on_step(step, stage, loss)`` after every step (on every rank).
+    """
+    from ansm.models.resolve import resolve_localizer
+
+    t0 = time.perf_counter()
+    ctx = setup_distributed(cfg.device)
+    try:
+        if cfg.batch_size % ctx.world_size:
+            raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {ctx.world_size} processes")
+        localizer = freeze(localizer if localizer is not None else resolve_localizer(cfg.localizer)).to(ctx.device)
+        taps = list(cfg.taps) if cfg.taps is not None else list(getattr(localizer, "default_taps", ()))
+        if not taps and cfg.stage1_steps + (cfg.stage2_steps if cfg.mgr_ffa > 0 else 0) > 0:
+            raise ConfigError("FFA needs layers to tap: the localizer has no default_taps, pass taps")
+        if taps:
+            resolve_layers(localizer, taps)
+
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        ansm = ANSM(cfg.eps_d, cfg.width, cfg.dilations, cfg.norm).to(ctx.device)
+        opt = torch.optim.Adam(ansm.parameters(), lr=cfg.lr)
+        state_path = out / "train_state"
+        start = _load_state(state_path, ansm, opt, cfg) if checkpoint_paths(state_path)[1].exists() else 0
+
+        pool = render_clean_pool(cfg.pool, cfg.seed, cfg.size, cfg.source, on_item=on_pool_item)
+        adv = load_adversarial_pool(cfg.adv_data, pool) if cfg.adv_data and cfg.adv_fraction > 0 else None
+        t_data = time.perf_counter() - t0
+        model: nn.Module = ansm
+        if ctx.distributed:
+            model = nn.parallel.DistributedDataParallel(ansm, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        meta = {"localizer": cfg.localizer, "taps": taps, "train_config": asdict(cfg), "world_size": ctx.world_size}
+
+        losses: dict[int, list[float]] = {1: [], 2: []}
+        model.train()
+        for step in range(start, cfg.total_steps):
+            stage = stage_of(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            batch = make_batch(step, cfg, ctx, localizer, pool, adv)
+            loss = ansm_losses(model, localizer, batch, stage, taps, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ansm.parameters(), 5.0)
+            opt.step()
+            value = float(all_reduce_mean(loss.detach(), ctx))
+            losses[stage].append(value)
+            if on_step:
+                on_step(step, stage, value)
+            done = step + 1
+            if ctx.is_main and done == cfg.stage1_steps:
+                save_ansm(ansm, out / "ansm_stage1", stage="stage1", steps=done, **meta)
+            if ctx.is_main and (done % cfg.ckpt_every == 0 or done == cfg.total_steps or done == cfg.stage1_steps):
+                _save_state(state_path, ansm, opt, done, cfg)
+            barrier(ctx)
+        ansm.eval()
+        summary: dict[str, Any] = {
+            "resumed_from": start, "steps": cfg.total_steps, "world_size": ctx.world_size,
+            "final_loss_stage1": losses[1][-1] if losses[1] else None,
+            "final_loss_stage2": losses[2][-1] if losses[2] else None,
+            "data_s": round(t_data, 1), "train_s": round(time.perf_counter() - t0, 1), "taps": taps,
+        }
+        if ctx.is_main:
+            stage = "full" if cfg.stage1_steps and cfg.stage2_steps else ("stage1" if cfg.stage1_steps else "stage2")
+            save_ansm(ansm, out / "ansm", stage=stage, steps=cfg.total_steps, training=summary, **meta)
+            write_json_atomic(out / "summary.json", {**summary, "config": asdict(cfg)})
+        barrier(ctx)
+        return ansm, summary
+    finally:
+        teardown(ctx)

@@ -1,0 +1,116 @@
+"""Two-stage training: the localizer is never modified, runs resume exactly, attack sets are read, and a short
+run measurably defends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ansm.attacks import create_attack
+from ansm.attacks.builder import build_adversarial_dataset
+from ansm.data.synth import SyntheticForgeries
+from ansm.defense import TrainANSMConfig, load_ansm, train_ansm
+from ansm.defense.evaluate import AttackSpec, evaluate_defenses, recovery
+from ansm.defense.trainer import lr_at
+from ansm.errors import CheckpointError, ConfigError
+
+
+def test_localizer_weights_bit_identical(trained_localizer, tiny_cfg) -> None:
+    before = {k: v.clone() for k, v in trained_localizer.state_dict().items()}
+    flags = [p.requires_grad for p in trained_localizer.parameters()]
+    grads = [None if p.grad is None else p.grad.clone() for p in trained_localizer.parameters()]
+    train_ansm(TrainANSMConfig(**{**tiny_cfg, "mgr_ffa": 0.5}), trained_localizer)
+    after = trained_localizer.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # no gradient was accumulated into the localizer either (whatever its training left there is untouched)
+    for p, g in zip(trained_localizer.parameters(), grads):
+        assert (p.grad is None) if g is None else torch.equal(p.grad, g)
+    # restore the shared fixture's flags for other tests
+    for p, f in zip(trained_localizer.parameters(), flags):
+        p.requires_grad_(f)
+
+
+def test_outputs_and_checkpoints(tiny_cfg) -> None:
+    ansm, summary = train_ansm(TrainANSMConfig(**tiny_cfg))
+    out = Path(tiny_cfg["out"])
+    final, meta = load_ansm(out / "ansm")
+    stage1, meta1 = load_ansm(out / "ansm_stage1")
+    assert meta["localizer"] == tiny_cfg["localizer"] and meta["taps"] == ["enc2", "enc3", "context"]
+    assert meta["stage"] == "full" and meta1["stage"] == "stage1"
+    x = torch.rand(1, 3, 40, 40)
+    assert torch.equal(final(x), ansm(x))
+    assert not torch.equal(stage1(x), final(x))  # stage 2 changed the weights
+    assert summary["world_size"] == 1 and json.loads((out / "summary.json").read_text())["steps"] == 4
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_cfg, tmp_path) -> None:
+    straight, _ = train_ansm(TrainANSMConfig(**{**tiny_cfg, "out": str(tmp_path / "a")}))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_three(step: int, _stage: int, _loss: float) -> None:
+        if step == 2:  # the third step finishes, its checkpoint is not written: resume redoes it
+            raise Killed
+
+    cfg = TrainANSMConfig(**{**tiny_cfg, "out": str(tmp_path / "b")})
+    with pytest.raises(Killed):
+        train_ansm(cfg, on_step=kill_after_three)
+    resumed, summary = train_ansm(cfg)
+    assert summary["resumed_from"] == 2
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CheckpointError, match="cannot resume, lr"):
+        train_ansm(TrainANSMConfig(**{**tiny_cfg, "out": str(tmp_path / "b"), "lr": 1e-4}))
+
+
+def test_trains_from_an_attack_set(trained_localizer, tiny_cfg, tmp_path) -> None:
+    items = SyntheticForgeries(3, seed=tiny_cfg["seed"], split="train", size=tiny_cfg["size"])
+    adv_dir = tmp_path / "adv"
+    build_adversarial_dataset(items, trained_localizer, create_attack("fgsm", trained_localizer), adv_dir, seed=0)
+    cfg = TrainANSMConfig(**{**tiny_cfg, "adv_data": [str(adv_dir)], "adv_fraction": 1.0})
+    _, summary = train_ansm(cfg, trained_localizer)
+    assert summary["final_loss_stage2"] is not None
+    with pytest.raises(Exception, match="original of"):
+        train_ansm(TrainANSMConfig(**{**cfg.__dict__, "out": str(tmp_path / "o2"), "seed": 99}), trained_localizer)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"stage1_steps": 0, "stage2_steps": 0}, "nothing to train"),
+    ({"attacks": ["cw-l2"]}, "online attacks"),
+    ({"ffa_reduction": "max"}, "ffa_reduction"),
+    ({"crop": 200}, "crop"),
+    ({"adv_fraction": 1.0}, "no adv_data"),
+    ({"taps": ["enc9"]}, "no layer named"),
+    ({"batch_size": 3, "crop": 33}, None),  # valid: odd sizes are fine
+])
+def test_config_errors(tiny_cfg, trained_localizer, kwargs, message) -> None:
+    if message is None:
+        TrainANSMConfig(**{**tiny_cfg, **kwargs})
+        return
+    with pytest.raises(ConfigError, match=message):
+        train_ansm(TrainANSMConfig(**{**tiny_cfg, **kwargs}), trained_localizer)
+
+
+def test_lr_schedule_restarts_per_stage() -> None:
+    cfg = TrainANSMConfig(stage1_steps=50, stage2_steps=50, warmup=5, lr=1e-2)
+    assert lr_at(0, cfg) == pytest.approx(2e-3) and lr_at(4, cfg) == pytest.approx(1e-2)
+    assert lr_at(49, cfg) < 1e-3 and lr_at(50, cfg) == pytest.approx(2e-3)
+
+
+def test_recovery_formula() -> None:
+    assert recovery(0.8, 0.2, 0.65) == pytest.approx(0.75)
+    assert recovery(0.5, 0.5, 0.9) is None
+
+
+def test_evaluate_identity_defense_recovers_nothing(trained_localizer, synthetic_batch) -> None:
+    items = [{"image": synthetic_batch["image"][i], "mask": synthetic_batch["mask"][i], "name": str(i)} for i in range(8)]
+    identity = torch.nn.Identity()
+    res = evaluate_defenses(trained_localizer, items, [AttackSpec("fgsm", "fgsm", {"eps": 8 / 255})], {"id": identity})
+    a = res["attacks"]["fgsm"]
+    assert a["defenses"]["id"]["f1_def"] == pytest.approx(a["f1_adv"])
+    assert a["defenses"]["id"]["f1_clean_def"] == pytest.approx(a["f1_clean"])
