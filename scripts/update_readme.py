@@ -11,6 +11,7 @@ runs/noiseprint-head/localizer when it exists). Raw numbers go to runs/readme/<s
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -65,8 +66,6 @@ def section_localizer(models: list[str], args: argparse.Namespace) -> None:
         summary_path = REPO / Path(path).parent / "summary.json"
         if not summary_path.exists():
             raise SystemExit(f"{summary_path} missing: run `ansm train-localizer --out {Path(path).parent}` first")
-        import json
-
         s = json.loads(summary_path.read_text())
         h = s["heldout"]
         tensors, _ = load_checkpoint(REPO / path)
@@ -114,13 +113,20 @@ def section_shared(models: list[str], args: argparse.Namespace) -> None:
     shared = Path(os.environ.get("ANSM_SHARED") or REPO.parent / "shared") / "data"
     if not shared.is_dir():
         raise SystemExit(f"{shared} not found: set ANSM_SHARED to the folder holding data/")
-    datasets = discover_datasets(shared, max_side=args.max_side)
-    names = list(datasets)
+    full = discover_datasets(shared, max_side=args.max_side)
+    names = list(full)
     rows, raw = [], {}
     for i, path in enumerate(models):
         model = load_localizer(REPO / path)
         arch = load_checkpoint(REPO / path)[1]["arch"]
         attacks = ATTACKS if i == 0 else [a for a in ATTACKS if a[0] == "PGD L-inf"]
+        if i > 0 and args.other_limit:  # slower models: the first forged images of each dataset
+            from ansm.data.datasets import ForgeryDataset
+
+            datasets = {n: ForgeryDataset(d.path, records=[r for r in d.records if r.mask][:args.other_limit],
+                                          max_side=args.max_side) for n, d in full.items()}
+        else:
+            datasets = full
         clean: dict[str, float] = {}
         for label, name, params in [("none (clean)", "", {}), *attacks]:
             f1 = {}
@@ -133,18 +139,29 @@ def section_shared(models: list[str], args: argparse.Namespace) -> None:
                 clean = f1
             mean_clean, mean_now = (sum(d.values()) / len(d) for d in (clean, f1))
             drop = "" if not name or mean_clean <= 0 else f"{100 * (1 - mean_now / mean_clean):.0f}%"
-            rows.append([arch, label, *(f1[n] for n in names), drop])
+            scope = "all" if datasets is full else f"first {args.other_limit} forged per dataset"
+            rows.append([arch, label, scope, *(f1[n] for n in names), drop])
             print(arch, label, {n: round(v, 3) for n, v in f1.items()}, flush=True)
     write_json_atomic(OUT / "shared.json", raw)
-    counts = ", ".join(f"{n}: {len(ds)} images" for n, ds in datasets.items())
-    table = markdown_table(["localizer", "attack", *(f"{n} F1@0.5" for n in names), "drop (mean over datasets)"], rows)
+    counts = ", ".join(f"{n}: {len(ds)} images" for n, ds in full.items())
+    table = markdown_table(["localizer", "attack", "images", *(f"{n} F1@0.5" for n in names), "drop (mean over datasets)"], rows)
     size_note = f"longer side capped at {args.max_side} px" if args.max_side else "native sizes"
     note = (f"Real forgeries from `../shared/data` ({counts}; {size_note}). The models were trained on synthetic "
             "data only, so clean numbers are low: reported as they are. Attack parameters as in the table above.")
     update_readme_section("shared", f"{table}\n\n{note}", REPO / "README.md")
 
 
-SECTIONS = {"localizer": section_localizer, "attacks": section_attacks, "shared": section_shared}
+def section_demo(models: list[str], args: argparse.Namespace) -> None:
+    """The demo's own report (runs/demo/report.md, written by `make demo`), headings demoted to fit the README."""
+    report = REPO / "runs" / "demo" / "report.md"
+    if not report.exists():
+        raise SystemExit(f"{report} missing: run `make demo` first")
+    lines = report.read_text().splitlines()
+    body = [("###" + ln[1:] if ln.startswith("## ") else ln) for ln in lines if not ln.startswith("# ")]
+    update_readme_section("demo", "\n".join(body), REPO / "README.md")
+
+
+SECTIONS = {"localizer": section_localizer, "attacks": section_attacks, "shared": section_shared, "demo": section_demo}
 
 
 def main() -> None:
@@ -153,6 +170,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", help="checkpoint path (repeatable)")
     parser.add_argument("--n", type=int, default=100, help="held-out synthetic images for the attack table")
     parser.add_argument("--max-side", type=int, default=None, help="downscale shared images above this side")
+    parser.add_argument("--other-limit", type=int, default=None,
+                        help="shared table: forged images per dataset for models after the first (slow models)")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     models = args.model or default_models()
