@@ -25,7 +25,7 @@ def train_localizer_cmd(
     out: Path = typer.Option(Path("runs/localizer"), "--out", "-o", help="Run folder (re-run to resume)."),
     arch: str = typer.Option("twostream", help="Registered localizer: twostream, unet-small, noiseprint-head."),
     weights: Optional[str] = typer.Option(None, help="noiseprint-head: Noiseprint++ weights file (default: auto lookup)."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: 1200; 600 for noiseprint-head)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW, warm-up then cosine)."),
     size: Optional[int] = typer.Option(None, help="Training image side, pixels."),
@@ -42,6 +42,10 @@ def train_localizer_cmd(
     from ansm.models.train import TrainLocalizerConfig, train_localizer
     from ansm.utils import seed_everything, write_json_atomic
 
+    from ansm.models import LOCALIZERS
+
+    if steps is None:  # per-architecture default, else the config default
+        steps = getattr(LOCALIZERS.get(arch), "default_train_steps", None)
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "size": size, "pool": pool,
                  "source": str(source) if source else None, "eval_n": eval_n}
     arch_kwargs = {"weights": weights or "auto"} if _takes_weights(arch) else {}
