@@ -157,7 +157,11 @@ def section_demo(models: list[str], args: argparse.Namespace) -> None:
     if not report.exists():
         raise SystemExit(f"{report} missing: run `make demo` first")
     lines = report.read_text().splitlines()
-    body = [("###" + ln[1:] if ln.startswith("## ") else ln) for ln in lines if not ln.startswith("# ")]
+    # The figure link is relative to the run folder and the runtime belongs to one invocation (a resumed demo
+    # reports only its own part): both stay in report.md, not in the README.
+    skip = ("# ", "![", "Runtime:")
+    body = [("###" + ln[1:] if ln.startswith("## ") else ln) for ln in lines if not ln.startswith(skip)]
+    body.append("\nExamples (image | ground truth | clean | attacked | defended predictions): `runs/demo/figure.png`.")
     update_readme_section("demo", "\n".join(body), REPO / "README.md")
 
 
