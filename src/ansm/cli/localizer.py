@@ -11,16 +11,7 @@ import typer
 from ansm.cli.app import command, console, progress
 
 
-def _takes_weights(arch: str) -> bool:
-    """Architectures built on a published backbone take ``weights`` (a path, or "auto" to look it up)."""
-    import inspect
-
-    from ansm.models import LOCALIZERS
-
-    return "weights" in inspect.signature(LOCALIZERS.get(arch)).parameters
-
-
-@command("train-localizer", example="ansm train-localizer --out runs/localizer --steps 550 --seed 0")
+@command("train-localizer", example="ansm train-localizer --out runs/localizer --seed 0")
 def train_localizer_cmd(
     out: Path = typer.Option(Path("runs/localizer"), "--out", "-o", help="Run folder (re-run to resume)."),
     arch: str = typer.Option("twostream", help="Registered localizer: twostream, unet-small, noiseprint-head."),
@@ -39,16 +30,19 @@ def train_localizer_cmd(
     Writes <out>/localizer.{safetensors,json} (load it with --model <out>/localizer) and a resumable
     <out>/train_state checkpoint; an interrupted run started again continues from its last checkpoint.
     """
+    import inspect
+
+    from ansm.models import LOCALIZERS
     from ansm.models.train import TrainLocalizerConfig, train_localizer
     from ansm.utils import seed_everything, write_json_atomic
 
-    from ansm.models import LOCALIZERS
-
+    entry = LOCALIZERS.get(arch)  # unknown name: one-line error with close matches
     if steps is None:  # per-architecture default, else the config default
-        steps = getattr(LOCALIZERS.get(arch), "default_train_steps", None)
+        steps = getattr(entry, "default_train_steps", None)
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "size": size, "pool": pool,
                  "source": str(source) if source else None, "eval_n": eval_n}
-    arch_kwargs = {"weights": weights or "auto"} if _takes_weights(arch) else {}
+    # Architectures built on a published backbone take ``weights`` (a path, or "auto" to look it up).
+    arch_kwargs = {"weights": weights or "auto"} if "weights" in inspect.signature(entry).parameters else {}
     if weights and not arch_kwargs:
         from ansm.errors import ConfigError
 

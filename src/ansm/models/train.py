@@ -108,8 +108,9 @@ def augmented_batch(images: torch.Tensor, masks: torch.Tensor, step: int, cfg: T
         ys = torch.randint(cfg.size - cfg.crop + 1, (cfg.batch_size,), generator=g).tolist()
         xs = torch.randint(cfg.size - cfg.crop + 1, (cfg.batch_size,), generator=g).tolist()
         c = cfg.crop
-        x = torch.stack([x[i, :, y:y + c, x0:x0 + c] for i, (y, x0) in enumerate(zip(ys, xs))])
-        m = torch.stack([m[i, :, y:y + c, x0:x0 + c] for i, (y, x0) in enumerate(zip(ys, xs))])
+        xm = torch.cat([x, m], dim=1)  # crop image and mask together
+        xm = torch.stack([xm[i, :, y:y + c, x0:x0 + c] for i, (y, x0) in enumerate(zip(ys, xs))])
+        x, m = xm[:, :3], xm[:, 3:]
     if torch.rand(1, generator=g).item() < 0.5:
         x, m = x.flip(-1), m.flip(-1)
     k = int(torch.randint(4, (1,), generator=g))
