@@ -79,3 +79,22 @@ def test_mgr_is_dual_mask_bce_by_hand() -> None:
     assert F.binary_cross_entropy_with_logits(za, m).item() == pytest.approx(la, rel=1e-6)
     with pytest.raises(ConfigError, match="MgR weights"):
         mgr_loss(za, zo, m, lam=-1.0)
+
+
+def test_pixel_denoiser_loss_is_mean_l1_to_the_original():
+    from ansm.defense.losses import pixel_denoiser_loss
+
+    x_o = torch.zeros(1, 3, 2, 2)
+    d_adv = torch.full((1, 3, 2, 2), 0.5)
+    d_orig = torch.full((1, 3, 2, 2), 0.25)
+    assert pixel_denoiser_loss(d_adv, d_orig, x_o).item() == pytest.approx(0.75)
+
+
+def test_feature_l1_loss_averages_layers_and_rejects_mismatched_layers():
+    from ansm.defense.losses import feature_l1_loss
+
+    a = {"l1": torch.ones(1, 2, 2, 2), "l2": torch.zeros(1, 1, 3, 3)}
+    b = {"l1": torch.zeros(1, 2, 2, 2), "l2": torch.full((1, 1, 3, 3), 3.0)}
+    assert feature_l1_loss(a, b).item() == pytest.approx((1.0 + 3.0) / 2)
+    with pytest.raises(ConfigError):
+        feature_l1_loss(a, {"l1": b["l1"]})

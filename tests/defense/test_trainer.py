@@ -4,6 +4,7 @@ run measurably defends."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,8 @@ def test_trains_from_an_attack_set(trained_localizer, tiny_cfg, tmp_path) -> Non
     ({"crop": 200}, "crop"),
     ({"adv_fraction": 1.0}, "no adv_data"),
     ({"taps": ["enc9"]}, "no layer named"),
+    ({"loss": "mse"}, "loss must be one of"),
+    ({"loss": "pixel"}, "single-stage baseline"),
     ({"batch_size": 3, "crop": 33}, None),  # valid: odd sizes are fine
 ])
 def test_config_errors(tiny_cfg, trained_localizer, kwargs, message) -> None:
@@ -94,6 +97,16 @@ def test_config_errors(tiny_cfg, trained_localizer, kwargs, message) -> None:
         return
     with pytest.raises(ConfigError, match=message):
         train_ansm(TrainANSMConfig(**{**tiny_cfg, **kwargs}), trained_localizer)
+
+
+@pytest.mark.parametrize("loss", ["pixel", "feature"])
+def test_baseline_denoisers_train_and_say_what_they_are(tiny_cfg, trained_localizer, loss) -> None:
+    cfg = TrainANSMConfig(**{**tiny_cfg, "loss": loss, "stage1_steps": 0, "stage2_steps": 6, "lr": 1e-2})
+    losses: list[float] = []
+    model, summary = train_ansm(cfg, trained_localizer, on_step=lambda s, st, l: losses.append(l))
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    _, meta = load_ansm(Path(cfg.out) / "ansm")
+    assert meta["stage"] == f"baseline-{loss}"
 
 
 def test_lr_schedule_restarts_per_stage() -> None:

@@ -19,6 +19,11 @@ and the defended *original* image must give the ground-truth mask,
 
 The second term is what keeps ANSM harmless on clean inputs (a defense is applied to every image, and most
 are not attacked).
+
+Two **baseline** objectives train the same network for the benchmark, so that the comparison isolates what FFA+MgR
+add (``ansm benchmark``): a pixel-guided denoiser, ``L1(D(x_a), x_o) + L1(D(x_o), x_o)`` (HGD's "PGD" baseline),
+and a feature-guided one, the L1 distance between the localizer's tapped features of ``D(x_a)`` / ``D(x_o)`` and
+of ``x_o`` (HGD's idea: guide the denoiser by the frozen model's features, not by pixels).
 """
 
 from __future__ import annotations
@@ -96,3 +101,18 @@ def mgr_loss(logits_defended_adv: torch.Tensor, logits_defended_orig: torch.Tens
     if lam:
         loss = loss + lam * mask_loss(logits_defended_orig, mask, dice_weight)
     return loss
+
+
+def pixel_denoiser_loss(defended_adv: torch.Tensor, defended_orig: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Pixel-guided denoiser: mean L1 of ``D(x_a)`` and of ``D(x_o)`` to the original image ``x_o``."""
+    target = original.detach()
+    return (defended_adv - target).abs().mean() + (defended_orig - target).abs().mean()
+
+
+def feature_l1_loss(feats_defended: Mapping[str, torch.Tensor], feats_original: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """HGD-style guidance: mean absolute difference of tapped features, averaged over layers (targets detached)."""
+    if not feats_defended or set(feats_defended) != set(feats_original):
+        raise ConfigError(f"feature loss needs the same non-empty layers on both sides, got {sorted(feats_defended)} "
+                          f"and {sorted(feats_original)}")
+    return torch.stack([(feats_defended[k].float() - feats_original[k].detach().float()).abs().mean()
+                        for k in feats_defended]).mean()

@@ -45,14 +45,17 @@ from ansm.checkpoint import (
 from ansm.defense.ansm_net import ANSM, save_ansm
 from ansm.defense.data import AdversarialPool, Pool, load_adversarial_pool, random_crops, render_clean_pool
 from ansm.defense.ddp import DistContext, all_reduce_mean, barrier, setup_distributed, teardown
-from ansm.defense.losses import REDUCTIONS, ffa_loss, mgr_loss
+from ansm.defense.losses import REDUCTIONS, feature_l1_loss, ffa_loss, mgr_loss, pixel_denoiser_loss
 from ansm.errors import CheckpointError, ConfigError
 from ansm.models.taps import FeatureTaps, resolve_layers
 from ansm.utils import parse_eps, write_json_atomic
 
 ONLINE_ATTACKS = ("fgsm", "pgd", "bim", "mifgsm")
+# "ansm": stage 1 FFA then stage 2 MgR (the paper). The others train the same network as single-stage baselines
+# for the benchmark: "pixel" (pixel-guided denoiser) and "feature" (HGD-style L1 on the tapped features).
+LOSSES = ("ansm", "pixel", "feature")
 # Settings that define the result: a resume with any of them changed is refused.
-_RESUME_KEYS = ("localizer", "seed", "stage1_steps", "stage2_steps", "batch_size", "crop", "lr", "eps_d", "width",
+_RESUME_KEYS = ("loss", "localizer", "seed", "stage1_steps", "stage2_steps", "batch_size", "crop", "lr", "eps_d", "width",
                 "dilations", "norm", "taps", "ffa_alpha", "ffa_reduction", "mgr_lambda", "mgr_dice", "mgr_ffa", "attacks",
                 "objectives", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source")
 
@@ -63,6 +66,7 @@ class TrainANSMConfig:
 
     localizer: str = "runs/localizer/localizer"  # checkpoint path, registered name or module:callable
     out: str = "runs/ansm"
+    loss: str = "ansm"  # see LOSSES
     seed: int = 0
     stage1_steps: int = 60  # FFA
     stage2_steps: int = 200  # MgR
@@ -102,6 +106,10 @@ class TrainANSMConfig:
         for name in ("stage1_steps", "stage2_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.loss != "ansm" and self.stage1_steps:
+            raise ConfigError(f"loss {self.loss!r} is a single-stage baseline: set stage1_steps to 0")
         if self.stage1_steps + self.stage2_steps < 1:
             raise ConfigError("nothing to train: stage1_steps + stage2_steps must be >= 1")
         for name in ("batch_size", "pool", "ckpt_every", "pgd_steps", "size"):
@@ -196,7 +204,11 @@ def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.
 
 def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int, taps: list[str],
                 cfg: TrainANSMConfig) -> torch.Tensor:
-    """Stage 1: FFA(V(ANSM(x_a)), V(x_o)). Stage 2: MgR dual-mask loss (+ optional FFA term)."""
+    """Stage 1: FFA(V(ANSM(x_a)), V(x_o)). Stage 2: MgR dual-mask loss (+ optional FFA term).
+
+    With ``cfg.loss`` "pixel" or "feature" the single stage trains a baseline denoiser instead (see losses.py)."""
+    if cfg.loss != "ansm":
+        return _baseline_loss(ansm, localizer, batch, taps, cfg.loss)
     need_ffa = stage == 1 or cfg.mgr_ffa > 0
     feats_o: dict[str, torch.Tensor] = {}
     if need_ffa:
@@ -218,6 +230,21 @@ def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int,
     if cfg.mgr_ffa > 0:
         loss = loss + cfg.mgr_ffa * ffa_loss(feats, feats_o, cfg.ffa_alpha, cfg.ffa_reduction)
     return loss
+
+
+def _baseline_loss(ansm: nn.Module, localizer: nn.Module, batch: Batch, taps: list[str], kind: str) -> torch.Tensor:
+    b = batch.x_a.shape[0]
+    defended = ansm(torch.cat([batch.x_a, batch.x_o]))
+    if kind == "pixel":
+        return pixel_denoiser_loss(defended[:b], defended[b:], batch.x_o)
+    with torch.no_grad(), FeatureTaps(localizer, taps) as t:
+        localizer(batch.x_o)
+        feats_o = dict(t.features)
+    with FeatureTaps(localizer, taps) as t:
+        localizer(defended)
+        feats = dict(t.features)
+    return (feature_l1_loss({k: v[:b] for k, v in feats.items()}, feats_o)
+            + feature_l1_loss({k: v[b:] for k, v in feats.items()}, feats_o))
 
 
 def freeze(localizer: nn.Module) -> nn.Module:
@@ -265,7 +292,7 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {ctx.world_size} processes")
         localizer = freeze(localizer if localizer is not None else resolve_localizer(cfg.localizer)).to(ctx.device)
         taps = list(cfg.taps) if cfg.taps is not None else list(getattr(localizer, "default_taps", ()))
-        if not taps and cfg.stage1_steps + (cfg.stage2_steps if cfg.mgr_ffa > 0 else 0) > 0:
+        if not taps and (cfg.loss == "feature" or cfg.stage1_steps + (cfg.stage2_steps if cfg.mgr_ffa > 0 else 0) > 0):
             raise ConfigError("FFA needs layers to tap: the localizer has no default_taps, pass taps")
         if taps:
             resolve_layers(localizer, taps)
@@ -317,6 +344,7 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
         }
         if ctx.is_main:
             stage = "full" if cfg.stage1_steps and cfg.stage2_steps else ("stage1" if cfg.stage1_steps else "stage2")
+            stage = stage if cfg.loss == "ansm" else f"baseline-{cfg.loss}"
             save_ansm(ansm, out / "ansm", stage=stage, steps=cfg.total_steps, training=summary, **meta)
             write_json_atomic(out / "summary.json", {**summary, "config": asdict(cfg)})
         barrier(ctx)
