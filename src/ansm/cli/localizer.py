@@ -23,12 +23,17 @@ def train_localizer_cmd(
     pool: Optional[int] = typer.Option(None, help="Synthetic training images rendered before training."),
     source: Optional[Path] = typer.Option(None, help="Folder of authentic photos (default: scikit-image's)."),
     eval_n: Optional[int] = typer.Option(None, help="Held-out synthetic images evaluated at the end (0: skip)."),
+    init: Optional[Path] = typer.Option(None, help="Start from this localizer checkpoint (fine-tuning)."),
+    adv_eps: Optional[str] = typer.Option(None, help="PGD adversarial training budget, e.g. 8/255 (default: off)."),
+    adv_steps: Optional[int] = typer.Option(None, help="PGD steps per adversarial example."),
+    adv_fraction: Optional[float] = typer.Option(None, help="Share of each batch replaced by PGD examples."),
     seed: int = typer.Option(0, help="Seed for initialisation, data and batches."),
 ) -> None:
     """Train a built-in localizer on synthetic forgeries, then report F1 on held-out synthetic images.
 
     Writes <out>/localizer.{safetensors,json} (load it with --model <out>/localizer) and a resumable
     <out>/train_state checkpoint; an interrupted run started again continues from its last checkpoint.
+    PGD adversarial fine-tuning: --init runs/localizer/localizer --adv-eps 8/255 --steps 300.
     """
     import inspect
 
@@ -36,13 +41,18 @@ def train_localizer_cmd(
     from ansm.models.train import TrainLocalizerConfig, train_localizer
     from ansm.utils import seed_everything, write_json_atomic
 
+    if init is not None:
+        from ansm.checkpoint import load_checkpoint
+
+        arch = load_checkpoint(init)[1].get("arch", arch)  # fine-tuning keeps the checkpoint's architecture
     entry = LOCALIZERS.get(arch)  # unknown name: one-line error with close matches
     if steps is None:  # per-architecture default, else the config default
         steps = getattr(entry, "default_train_steps", None)
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "size": size, "pool": pool,
-                 "source": str(source) if source else None, "eval_n": eval_n}
+                 "source": str(source) if source else None, "eval_n": eval_n, "adv_eps": adv_eps,
+                 "adv_steps": adv_steps, "adv_fraction": adv_fraction, "init": str(init) if init else None}
     # Architectures built on a published backbone take ``weights`` (a path, or "auto" to look it up).
-    arch_kwargs = {"weights": weights or "auto"} if "weights" in inspect.signature(entry).parameters else {}
+    arch_kwargs = {"weights": weights or "auto"} if "weights" in inspect.signature(entry).parameters and not init else {}
     if weights and not arch_kwargs:
         from ansm.errors import ConfigError
 

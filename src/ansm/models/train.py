@@ -1,5 +1,10 @@
 """Train a localizer on synthetic forgeries (nanoGPT-style: one config dataclass, one readable loop).
 
+The same loop does **PGD adversarial fine-tuning** (Madry et al., the classic model-side defense the benchmark
+compares ANSM with): start from a trained checkpoint (``init``) and replace a share ``adv_fraction`` of every
+batch by PGD examples crafted against the current weights (``adv_eps``, ``adv_steps``). Keeping part of the
+batch clean is what keeps clean F1 from collapsing on a small model.
+
 Deterministic per seed: the training pool is rendered from ``(seed, index)``; the batch of step ``t`` is drawn
 from a generator seeded with ``(seed, t)``; so a run resumed from its last checkpoint takes exactly the
 steps an uninterrupted run would. The checkpoint ``<out>/train_state`` is rewritten atomically every
@@ -52,8 +57,22 @@ class TrainLocalizerConfig:
     ckpt_every: int = 100
     eval_n: int = 200  # held-out synthetic test images (unseen photos) evaluated at the end; 0 skips
     dice_weight: float = 1.0
+    init: str | None = None  # start from this localizer checkpoint (its architecture wins over ``arch``)
+    adv_eps: float = 0.0  # > 0: PGD adversarial training at this L-inf budget ("8/255" accepted)
+    adv_steps: int = 3
+    adv_fraction: float = 0.5  # share of each batch replaced by adversarial examples
 
     def __post_init__(self) -> None:
+        from ansm.utils import parse_eps
+
+        try:
+            self.adv_eps = parse_eps(self.adv_eps)
+        except ConfigError as exc:
+            raise ConfigError(f"adv_eps: {exc}") from None
+        if self.adv_steps < 1 or not 0 < self.adv_fraction <= 1:
+            raise ConfigError(f"need adv_steps >= 1 and 0 < adv_fraction <= 1, got {self.adv_steps}, {self.adv_fraction}")
+        if self.init is not None:
+            self.init = str(self.init)
         if self.crop is not None and not 16 <= self.crop:
             raise ConfigError(f"crop must be >= 16 (or None), got {self.crop}")
         for name in ("steps", "batch_size", "pool", "ckpt_every", "size"):
@@ -117,6 +136,20 @@ def augmented_batch(images: torch.Tensor, masks: torch.Tensor, step: int, cfg: T
     return x.rot90(k, dims=(-2, -1)), m.rot90(k, dims=(-2, -1))
 
 
+def adversarial_share(model: nn.Module, x: torch.Tensor, m: torch.Tensor, step: int,
+                      cfg: TrainLocalizerConfig) -> torch.Tensor:
+    """Replace the first ``adv_fraction`` of the batch by PGD examples against the current weights.
+
+    The attack runs the model in eval mode and gives each submodule its mode back, so training resumes as it was.
+    """
+    from ansm.attacks import create_attack
+
+    k = max(1, round(cfg.adv_fraction * x.shape[0]))
+    pgd = create_attack("pgd", model, eps=cfg.adv_eps, alpha=2.5 * cfg.adv_eps / cfg.adv_steps, steps=cfg.adv_steps)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919)
+    return torch.cat([pgd(x[:k], m[:k], generator=g), x[k:]])
+
+
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg: TrainLocalizerConfig) -> None:
     opt_tensors, opt_meta = optimizer_to_tensors(opt)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
@@ -126,7 +159,8 @@ def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: 
 def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainLocalizerConfig) -> int:
     tensors, meta = load_checkpoint(path)
     saved = meta.get("config", {})
-    for key in ("arch", "arch_kwargs", "seed", "size", "crop", "pool", "source", "batch_size", "steps"):
+    for key in ("arch", "arch_kwargs", "seed", "size", "crop", "pool", "source", "batch_size", "steps", "init",
+                "adv_eps", "adv_steps", "adv_fraction"):
         if saved.get(key) != asdict(cfg).get(key):
             raise CheckpointError(f"{path}: cannot resume, {key} was {saved.get(key)!r} but is now {asdict(cfg).get(key)!r}")
     load_state_dict_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
@@ -141,7 +175,13 @@ def train_localizer(cfg: TrainLocalizerConfig, on_step: Callable[[int, float], N
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = create_localizer(cfg.arch, **cfg.arch_kwargs)
+    if cfg.init is not None:
+        from ansm.models.registry import load_localizer
+
+        model = load_localizer(cfg.init)
+        cfg.arch, cfg.arch_kwargs = model.name, {}
+    else:
+        model = create_localizer(cfg.arch, **cfg.arch_kwargs)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state_path = out / "train_state"
@@ -155,6 +195,8 @@ def train_localizer(cfg: TrainLocalizerConfig, on_step: Callable[[int, float], N
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         x, m = augmented_batch(images, masks, step, cfg)
+        if cfg.adv_eps > 0:
+            x = adversarial_share(model, x, m, step, cfg)
         loss = segmentation_loss(model(x), m, cfg.dice_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
