@@ -42,6 +42,10 @@ def test_synth_then_evaluate_writes_json(tmp_path: Path, trained_localizer_path:
     (["evaluate", "--model", "no-such-model", "--data", "synthetic:2"], "no-such-model"),
     (["evaluate", "--model", "twostream", "--data", "/nonexistent"], "not found"),
     (["train-localizer", "--steps", "0"], "steps must be >= 1"),
+    (["benchmark", "--preset", "huge"], "unknown preset"),
+    (["benchmark", "--set", "adaptive_steps"], "write key=value"),
+    (["benchmark", "--defenses", "ansm,jpeg"], "include 'none'"),
+    (["benchmark", "--data", "/nonexistent", "--model", "twostream", "--defenses", "none"], "not found"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str) -> None:
     monkeypatch.chdir(tmp_path)

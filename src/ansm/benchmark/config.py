@@ -1,0 +1,126 @@
+"""What a benchmark run is: one dataclass, two presets.
+
+``quick`` is sized for 2 CPU cores in under 20 minutes (64x64 held-out synthetic images, the demo's training
+recipes, fewer seeds and restarts, each cut said in the report); ``full`` is the same grid at the sizes a paper
+table needs, for a GPU. Every field can be overridden on top of a preset (``ansm benchmark --preset quick
+--set adaptive_steps=200``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ansm.errors import ConfigError
+from ansm.utils import parse_eps
+
+DEFENSE_GROUPS = ("none", "ansm", "jpeg", "median", "blur", "bit-depth", "denoiser-pixel", "denoiser-feature",
+                  "adv-finetune")
+THREATS = ("oblivious", "transfer", "gray-box", "adaptive")
+
+
+@dataclass
+class BenchmarkConfig:
+    preset: str = "quick"
+    out: str = "runs/benchmark-quick"
+    data: str = "synthetic:32"  # `synthetic:N` (held-out test split) or a dataset folder
+    size: int = 64  # synthetic image side (training and test)
+    max_side: int | None = None  # real datasets: downscale the longer side to this (None: native size)
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 16
+    # --- models -------------------------------------------------------------------------------------------
+    localizer: str | None = None  # None: train the built-in twostream with the recipe below; else a checkpoint
+    loc_steps: int = 500
+    loc_batch: int = 16
+    loc_pool: int = 800
+    surrogate_arch: str = "unet-small"  # transfer attacks are crafted on this architecture, trained the same way
+    ansm_seeds: int = 2  # ANSM seeds (>= 2: each seed's gray-box surrogate is the next seed's ANSM)
+    baseline_seeds: int = 1  # seeds of the trained baselines (denoisers, adversarial fine-tuning)
+    ansm_stage1_steps: int | None = None  # None: the demo's (DemoConfig) so the benchmark measures that ANSM
+    ansm_stage2_steps: int | None = None
+    ansm_batch: int = 16
+    ansm_pool: int = 400
+    eps_d: float = 16 / 255
+    advft_steps: int = 150  # PGD adversarial fine-tuning steps, starting from the target localizer
+    advft_eps: float = 8 / 255
+    # --- baselines -----------------------------------------------------------------------------------------
+    defenses: list[str] = field(default_factory=lambda: list(DEFENSE_GROUPS))
+    jpeg_qualities: list[int] = field(default_factory=lambda: [75, 90])
+    median_size: int = 3
+    blur_sigma: float = 1.0
+    bit_depth: int = 5
+    # --- attacks -------------------------------------------------------------------------------------------
+    threats: list[str] = field(default_factory=lambda: list(THREATS))
+    eps_grid: list[float] = field(default_factory=lambda: [2 / 255, 4 / 255, 8 / 255, 16 / 255])
+    eps_main: float = 8 / 255  # the budget of the summary table
+    pgd_steps: int = 10  # oblivious / transfer / gray-box PGD (alpha = 2.5 eps / steps)
+    adaptive_steps: int = 100
+    adaptive_restarts: int = 1  # per objective
+    adaptive_objectives: list[str] = field(default_factory=lambda: ["untargeted", "hide"])
+    adaptive_eps: list[float] = field(default_factory=lambda: [4 / 255, 8 / 255])
+    steps_curve: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100])
+    tolerance: float = 0.01  # sanity checks allow this much F1 noise
+
+    def __post_init__(self) -> None:
+        for name in ("eps_d", "advft_eps", "eps_main"):
+            setattr(self, name, _eps(name, getattr(self, name)))
+        self.eps_grid = sorted(_eps("eps_grid", e) for e in self.eps_grid)
+        self.adaptive_eps = sorted(_eps("adaptive_eps", e) for e in self.adaptive_eps)
+        if not any(abs(e - self.eps_main) < 1e-9 for e in self.eps_grid):
+            raise ConfigError(f"eps_main {self.eps_main * 255:.1f}/255 must be one of eps_grid")
+        if "adaptive" in self.threats and not any(abs(e - self.eps_main) < 1e-9 for e in self.adaptive_eps):
+            raise ConfigError(f"eps_main {self.eps_main * 255:.1f}/255 must be one of adaptive_eps")
+        bad = sorted(set(self.defenses) - set(DEFENSE_GROUPS))
+        if bad or "none" not in self.defenses:
+            raise ConfigError(f"defenses must include 'none' and come from {', '.join(DEFENSE_GROUPS)}; got {bad or self.defenses}")
+        bad = sorted(set(self.threats) - set(THREATS))
+        if bad or "oblivious" not in self.threats:
+            raise ConfigError(f"threats must include 'oblivious' and come from {', '.join(THREATS)}; got {bad or self.threats}")
+        if "gray-box" in self.threats and "ansm" in self.defenses and self.ansm_seeds < 2:
+            raise ConfigError("the gray-box threat needs ansm_seeds >= 2 (a surrogate ANSM trained with another seed)")
+        if set(self.adaptive_objectives) - {"untargeted", "hide"} or not self.adaptive_objectives:
+            raise ConfigError(f"adaptive_objectives must be among untargeted, hide; got {self.adaptive_objectives}")
+        for name in ("batch_size", "loc_steps", "ansm_seeds", "baseline_seeds", "pgd_steps", "adaptive_steps",
+                     "adaptive_restarts", "advft_steps", "size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.steps_curve = sorted({int(s) for s in self.steps_curve if 1 <= int(s) <= self.adaptive_steps}
+                                  | {self.adaptive_steps})
+        if not self.tolerance >= 0:
+            raise ConfigError(f"tolerance must be >= 0, got {self.tolerance}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _eps(name: str, value: Any) -> float:
+    try:
+        return parse_eps(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # 2 CPU cores, < 20 min: 32 held-out 64x64 images, the demo's models, 2 ANSM seeds, 1 seed per baseline,
+    # adaptive PGD 100 steps x 1 restart per objective at 4/255 and 8/255.
+    "quick": {},
+    # One GPU: 200 held-out 128x128 images, the default train-localizer recipe, 3 seeds of everything,
+    # 200-step adaptive attacks with 3 restarts per objective over the whole eps grid.
+    "full": {"out": "runs/benchmark-full", "data": "synthetic:200", "size": 128, "loc_steps": 1200, "loc_batch": 8,
+             "loc_pool": 1200, "ansm_seeds": 3, "baseline_seeds": 3, "ansm_stage1_steps": 200,
+             "ansm_stage2_steps": 1000, "ansm_pool": 1200, "advft_steps": 1000, "adaptive_steps": 200,
+             "adaptive_restarts": 3, "adaptive_eps": [2 / 255, 4 / 255, 8 / 255, 16 / 255],
+             "steps_curve": [1, 2, 5, 10, 20, 50, 100, 200], "batch_size": 32},
+}
+
+
+def preset_config(name: str, **overrides: Any) -> BenchmarkConfig:
+    """The preset's configuration with ``overrides`` applied (unknown names are a one-line error)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+    known = {f.name for f in fields(BenchmarkConfig)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ConfigError(f"unknown benchmark setting(s): {', '.join(bad)}")
+    return BenchmarkConfig(**{"preset": name, **PRESETS[name], **overrides})

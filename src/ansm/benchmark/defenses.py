@@ -1,0 +1,166 @@
+"""The defenses a benchmark compares, and the models they need (trained here, resumably, or loaded).
+
+A :class:`Defense` is "what the analyst runs": an optional preprocessing module followed by a localizer (the
+target ``V`` for preprocessing defenses, a fine-tuned ``V'`` for adversarial fine-tuning). Trained defenses come
+in several seeds, one :class:`Defense` per seed, grouped by ``group`` in the report.
+
+Every model is trained into ``<out>/models/<name>`` by the library's own trainers (``train_localizer``,
+``train_ansm``), so a killed benchmark resumes each one from its last checkpoint and skips finished ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ansm.benchmark.config import BenchmarkConfig
+from ansm.benchmark.transforms import JPEG, BitDepth, GaussianBlur, Median, bpda
+
+Step = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
+
+
+@dataclass
+class Defense:
+    """One defended pipeline ``localizer(pre(x))``.
+
+    Args:
+        group: the report's row (``ansm``, ``jpeg-75``, ...); seeds of one method share it.
+        family: ``none`` | ``ansm`` | ``transform`` | ``denoiser`` | ``model`` (what kind of defense it is).
+        seed: training seed, ``None`` for untrained defenses.
+        surrogate: another seed's copy, which a gray-box attacker attacks instead (``None``: no secret weights).
+    """
+
+    group: str
+    family: str
+    localizer: nn.Module
+    pre: nn.Module | None = None
+    seed: int | None = None
+    surrogate: "Defense | None" = None
+
+    @property
+    def key(self) -> str:
+        return self.group if self.seed is None else f"{self.group}@s{self.seed}"
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """What the analyst sees: exact preprocessing, then the localizer."""
+        return self.localizer(self.pre(x) if self.pre is not None else x)
+
+    def attacker_view(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A differentiable stand-in for :meth:`logits`: BPDA through non-differentiable preprocessing."""
+        pre, loc = self.pre, self.localizer
+        if pre is None:
+            return loc
+        if getattr(pre, "differentiable", True):
+            return lambda z: loc(pre(z))
+        return lambda z: loc(bpda(pre, z))
+
+    @property
+    def uses_bpda(self) -> bool:
+        return self.pre is not None and not getattr(self.pre, "differentiable", True)
+
+
+def _frozen(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _train_localizer(out: Path, cfg: BenchmarkConfig, arch: str, step: Step, label: str, **extra) -> nn.Module:
+    from ansm.models.registry import load_localizer
+    from ansm.models.train import TrainLocalizerConfig, train_localizer
+
+    if (out / "localizer.json").is_file():
+        return load_localizer(out / "localizer")
+    lcfg = TrainLocalizerConfig(arch=arch, out=str(out), seed=extra.pop("seed", cfg.seed), size=cfg.size,
+                                steps=extra.pop("steps", cfg.loc_steps),
+                                batch_size=cfg.loc_batch, pool=cfg.loc_pool, warmup=20, eval_n=0, ckpt_every=50, **extra)
+    render, train = step(f"rendering data ({label})", lcfg.pool), step(f"training {label}", lcfg.steps)
+    model, _ = train_localizer(lcfg, on_step=lambda s, _l: train(1), on_pool_item=lambda: render(1))
+    return model
+
+
+def _ansm_steps(cfg: BenchmarkConfig) -> tuple[int, int]:
+    from ansm.demo import DemoConfig
+
+    demo = DemoConfig()
+    s1 = demo.stage1_steps if cfg.ansm_stage1_steps is None else cfg.ansm_stage1_steps
+    s2 = demo.stage2_steps if cfg.ansm_stage2_steps is None else cfg.ansm_stage2_steps
+    return s1, s2
+
+
+def _train_preprocessor(out: Path, cfg: BenchmarkConfig, localizer_path: str, localizer: nn.Module, seed: int,
+                        loss: str, step: Step, label: str) -> nn.Module:
+    from ansm.defense.ansm_net import load_ansm
+    from ansm.defense.trainer import TrainANSMConfig, train_ansm
+
+    if (out / "ansm.json").is_file():
+        return load_ansm(out / "ansm")[0]
+    s1, s2 = _ansm_steps(cfg)
+    # The baselines get ANSM's network and its whole step budget, in one stage (their loss has no stage 1).
+    stage1, stage2 = (s1, s2) if loss == "ansm" else (0, s1 + s2)
+    tcfg = TrainANSMConfig(localizer=localizer_path, out=str(out), loss=loss, seed=seed, stage1_steps=stage1,
+                           stage2_steps=stage2, batch_size=cfg.ansm_batch, crop=None, eps_d=cfg.eps_d,
+                           pool=cfg.ansm_pool, size=cfg.size, device=cfg.device)
+    advance = step(f"training {label}", tcfg.total_steps)
+    model, _ = train_ansm(tcfg, localizer, on_step=lambda s, st, l: advance(1))
+    return model
+
+
+def build_defenses(cfg: BenchmarkConfig, device: torch.device, step: Step,
+                   log: Callable[[str], None]) -> tuple[nn.Module, nn.Module | None, list[Defense]]:
+    """Train or load every model the benchmark needs; return (target, transfer surrogate, defenses)."""
+    from ansm.models.resolve import resolve_localizer
+
+    models = Path(cfg.out) / "models"
+    if cfg.localizer is None:
+        target_path = str(models / "target" / "localizer")
+        target = _train_localizer(models / "target", cfg, "twostream", step, "target localizer")
+    else:
+        target_path, target = cfg.localizer, resolve_localizer(cfg.localizer)
+    target = _frozen(target, device)
+    log(f"target localizer: {target_path}")
+    surrogate = None
+    if "transfer" in cfg.threats:
+        surrogate = _frozen(_train_localizer(models / f"surrogate-{cfg.surrogate_arch}", cfg, cfg.surrogate_arch, step,
+                                             f"surrogate localizer ({cfg.surrogate_arch})"), device)
+
+    defenses: list[Defense] = [Defense("none", "none", target)]
+    groups = set(cfg.defenses)
+    if "ansm" in groups:
+        seeds = [cfg.seed + k for k in range(cfg.ansm_seeds)]
+        ansm = [Defense("ansm", "ansm", target, _frozen(_train_preprocessor(models / f"ansm-s{s}", cfg, target_path, target,
+                                                                            s, "ansm", step, f"ANSM (seed {s})"), device), s)
+                for s in seeds]
+        for k, d in enumerate(ansm):
+            d.surrogate = ansm[(k + 1) % len(ansm)] if len(ansm) > 1 else None
+        defenses += ansm
+    fixed: list[tuple[str, str, nn.Module]] = []
+    if "jpeg" in groups:
+        fixed += [("jpeg", f"jpeg-{q}", JPEG(q)) for q in cfg.jpeg_qualities]
+    if "median" in groups:
+        fixed.append(("median", f"median-{cfg.median_size}", Median(cfg.median_size)))
+    if "blur" in groups:
+        fixed.append(("blur", f"blur-{cfg.blur_sigma:g}", GaussianBlur(cfg.blur_sigma)))
+    if "bit-depth" in groups:
+        fixed.append(("bit-depth", f"bits-{cfg.bit_depth}", BitDepth(cfg.bit_depth)))
+    defenses += [Defense(name, "transform", target, module.to(device)) for _, name, module in fixed]
+    base_seeds = [cfg.seed + k for k in range(cfg.baseline_seeds)]
+    for kind in ("pixel", "feature"):
+        if f"denoiser-{kind}" in groups:
+            defenses += [Defense(f"denoiser-{kind}", "denoiser", target,
+                                 _frozen(_train_preprocessor(models / f"denoiser-{kind}-s{s}", cfg, target_path, target, s,
+                                                             kind, step, f"{kind}-loss denoiser (seed {s})"), device), s)
+                         for s in base_seeds]
+    if "adv-finetune" in groups:
+        for s in base_seeds:
+            tuned = _train_localizer(models / f"adv-finetune-s{s}", cfg, "twostream", step,
+                                     f"PGD adversarial fine-tuning (seed {s})", seed=s, steps=cfg.advft_steps, init=target_path,
+                                     adv_eps=cfg.advft_eps, lr=1e-3)
+            defenses.append(Defense("adv-finetune", "model", _frozen(tuned, device), None, s))
+    return target, surrogate, defenses
