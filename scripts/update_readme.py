@@ -3,6 +3,7 @@
     python scripts/update_readme.py localizer            # from runs/*/summary.json written by train-localizer
     python scripts/update_readme.py attacks --n 100      # every attack on held-out synthetic images
     python scripts/update_readme.py shared               # clean vs PGD on ../shared/data, per dataset
+    python scripts/update_readme.py benchmark            # from runs/benchmark-quick/report.json (ansm benchmark)
 
 Models are the checkpoints given with --model (default: runs/localizer/localizer, plus
 runs/noiseprint-head/localizer when it exists). Raw numbers go to runs/readme/<section>.json.
@@ -164,7 +165,32 @@ def section_demo(models: list[str], args: argparse.Namespace) -> None:
     update_readme_section("demo", "\n".join(body), REPO / "README.md")
 
 
-SECTIONS = {"localizer": section_localizer, "attacks": section_attacks, "shared": section_shared, "demo": section_demo}
+def section_benchmark(models: list[str], args: argparse.Namespace) -> None:
+    """The quick benchmark's summary table, from the report `ansm benchmark --preset quick` wrote."""
+    from ansm.benchmark.report import summary_table
+
+    path = REPO / "runs" / "benchmark-quick" / "report.json"
+    if not path.exists():
+        raise SystemExit(f"{path} missing: run `ansm benchmark --preset quick` first")
+    report = json.loads(path.read_text())
+    cfg, data, t = report["config"], report["data"], report.get("timings_s", {})
+    header, body = summary_table(report)
+    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                       *("| " + " | ".join(row) + " |" for row in body)])
+    checks = report["checks"]
+    note = (f"`ansm benchmark --preset quick`: {data['n_images']} held-out synthetic images ({data['n_forged']} forged), "
+            f"{cfg['size']}x{cfg['size']}, F1@0.5 over forged images under attacks at {cfg['eps_main'] * 255:g}/255 "
+            f"(bare localizer clean F1 {report['f1_clean']:.3f}); mean ± SD over training seeds where there are several. "
+            "oblivious = attack the bare localizer (the paper's setting); transfer = PGD on a unet-small surrogate; "
+            "gray-box = PGD through an ANSM trained with another seed; adaptive = white-box PGD through the defense "
+            f"({cfg['adaptive_steps']} steps, BPDA for JPEG and bit-depth, worst case over untargeted/hide objectives); "
+            "worst case = per image, the lowest F1 over all of these. Sanity checks: "
+            f"{checks['passed']} passed, {checks['failed']} failed. Runtime {t.get('total', 0) / 60:.0f} min on 2 CPU cores. "
+            "Plots and every cell (F1, IoU, AUC, recovery, retention, per eps): `runs/benchmark-quick/report.html`.")
+    update_readme_section("benchmark", f"{table}\n\n{note}", REPO / "README.md")
+
+
+SECTIONS = {"benchmark": section_benchmark, "localizer": section_localizer, "attacks": section_attacks, "shared": section_shared, "demo": section_demo}
 
 
 def main() -> None:

@@ -6,9 +6,10 @@ library function, print. Commands import heavy modules inside their body so ``an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import typer
 from rich.console import Console
@@ -72,6 +73,21 @@ def progress(disable: bool | None = None) -> Progress:
         disable=disable,
         transient=False,
     )
+
+
+@contextlib.contextmanager
+def stage_bars(width: int = 44) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """Always-visible bars, one per stage of a long pipeline (demo, benchmark): yields ``step(description, total)``,
+    which adds a bar and returns its ``advance(n=1)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(f"{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as bar:
+        def step(description: str, total: int) -> Callable[[int], None]:
+            task = bar.add_task(description, total=total)
+            return lambda n=1: bar.advance(task, n)
+
+        yield step
 
 
 def track(items: Iterable[T], total: int | None, description: str) -> Iterable[T]:

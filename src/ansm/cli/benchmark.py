@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from ansm.cli.app import command, console
+from ansm.cli.app import command, console, stage_bars
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -49,8 +49,6 @@ def benchmark_cmd(
     gray-box and white-box adaptive (BPDA through non-differentiable defenses). Every model the benchmark needs
     is trained into <out>/models and every finished cell is kept, so a killed run resumes.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from ansm.benchmark import preset_config, run_benchmark
     from ansm.benchmark.report import summary_table
 
@@ -61,12 +59,7 @@ def benchmark_cmd(
         if value is not None:
             overrides[key] = [v.strip() for v in value] if isinstance(value, list) else value
     cfg = preset_config(preset, device=device, **overrides)
-    with Progress(TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as bar:
-        def step(description: str, total: int):
-            task = bar.add_task(description, total=total)
-            return lambda n=1: bar.advance(task, n)
-
+    with stage_bars() as step:
         report = run_benchmark(cfg, step=step, log=console.print)
     header, body = summary_table(report)
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]

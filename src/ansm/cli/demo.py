@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ansm.cli.app import command, console
+from ansm.cli.app import command, console, stage_bars
 
 
 @command("demo", example="ansm demo --out runs/demo --seed 0")
@@ -21,20 +21,13 @@ def demo_cmd(
     """Synthesize forgeries, train the localizer, build a PGD attack set, train ANSM (FFA then MgR, plus the
     stage-2-only ablation), evaluate against PGD and FGSM on held-out images (and ../shared/data when present),
     and write <out>/report.md, <out>/report.json and <out>/figure.png."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from ansm.demo import DemoConfig, run_demo
     from ansm.utils import resolve_device
 
     cfg = DemoConfig(out=str(out), seed=seed, shared=shared, device=str(resolve_device(device)),
                      **({"size": size} if size else {}))
     # Always shown (the demo is the one command a newcomer watches), one bar per stage.
-    with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as bar:
-        def step(description: str, total: int):
-            task = bar.add_task(description, total=total)
-            return lambda n=1: bar.advance(task, n)
-
+    with stage_bars(40) as step:
         report = run_demo(cfg, step=step, log=console.print)
     for name, a in report["attacks"].items():
         rec = "n/a" if a["recovery"] is None else f"{a['recovery']:.2f}"
