@@ -276,8 +276,9 @@ def markdown(report: dict[str, Any]) -> str:
     out += [f"- {n}" for n in report["notes"]]
     t = report.get("timings_s", {})
     if t:
-        out += ["", f"Runtime: {t.get('total', 0):.0f} s (models {t.get('models', 0):.0f} s, attacks "
-                    f"{t.get('attacks', 0):.0f} s)."]
+        per_model = ", ".join(f"{k} {v:.0f} s" for k, v in t.get("per_model", {}).items())
+        out += ["", f"Runtime of this invocation: {t.get('total', 0):.0f} s (models {t.get('models', 0):.0f} s, attacks "
+                    f"{t.get('attacks', 0):.0f} s). Training times: {per_model or 'n/a'}."]
     return "\n".join(out) + "\n"
 
 

@@ -131,6 +131,17 @@ def run_unit(unit: Unit, cfg: BenchmarkConfig, batches: list, defenses: list[Def
     return result
 
 
+def _training_times(models: Path) -> dict[str, float]:
+    """Seconds each model took to train, from its checkpoint's JSON (the invocation that finished it)."""
+    times = {}
+    for meta_path in sorted(models.glob("*/*.json")):
+        if meta_path.stem in ("localizer", "ansm"):
+            training = json.loads(meta_path.read_text()).get("training", {})
+            if "train_s" in training:
+                times[meta_path.parent.name] = training["train_s"]
+    return times
+
+
 def run_benchmark(cfg: BenchmarkConfig, step: Step | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark (module docstring) and write ``report.{json,md,html}`` into ``cfg.out``; return the report."""
     from ansm.benchmark.report import build_report, write_reports
@@ -169,7 +180,8 @@ def run_benchmark(cfg: BenchmarkConfig, step: Step | None = None, log: Callable[
         write_json_atomic(path, cells[unit.key])
     report = build_report(cfg, defenses, units, cells)
     report["timings_s"] = {"models": round(t_models, 1), "attacks": round(time.perf_counter() - t0 - t_models, 1),
-                           "total": round(time.perf_counter() - t0, 1)}
+                           "total": round(time.perf_counter() - t0, 1), "per_model": _training_times(out / "models"),
+                           "per_unit": {k: c.get("seconds") for k, c in cells.items()}}
     write_reports(out, report)
     for line in report["checks"]["lines"]:
         log(line)
