@@ -89,6 +89,7 @@ def test_trains_from_an_attack_set(trained_localizer, tiny_cfg, tmp_path) -> Non
     ({"taps": ["enc9"]}, "no layer named"),
     ({"loss": "mse"}, "loss must be one of"),
     ({"loss": "pixel"}, "single-stage baseline"),
+    ({"mgr_pixel": -1.0}, "mgr_pixel"),
     ({"batch_size": 3, "crop": 33}, None),  # valid: odd sizes are fine
 ])
 def test_config_errors(tiny_cfg, trained_localizer, kwargs, message) -> None:
@@ -127,3 +128,43 @@ def test_evaluate_identity_defense_recovers_nothing(trained_localizer, synthetic
     a = res["attacks"]["fgsm"]
     assert a["defenses"]["id"]["f1_def"] == pytest.approx(a["f1_adv"])
     assert a["defenses"]["id"]["f1_clean_def"] == pytest.approx(a["f1_clean"])
+
+
+def test_stage2_pixel_term_by_hand() -> None:
+    """Stage 2 with ``mgr_pixel``: MgR + w * 255 * (mean |D(x_a) - x_o| + mean |D(x_o) - x_o|), checked on a tiny
+    case: an identity ANSM and a localizer that always answers logit 0 (so each BCE is log 2)."""
+    from ansm.defense.ansm_net import ANSM
+    from ansm.defense.trainer import Batch, ansm_losses
+
+    class Zero(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :1] * 0
+
+    x_o = torch.full((2, 3, 4, 4), 0.5)
+    x_a = x_o.clone()
+    x_a[0] += 8 / 255  # one image attacked by 8/255 everywhere, the other left clean
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[:, :, :2] = 1
+    batch = Batch(x_o, x_a, mask, "offline")
+    cfg = TrainANSMConfig(localizer="x", stage1_steps=0, stage2_steps=1, mgr_lambda=0.5, mgr_pixel=0.1)
+    loss = ansm_losses(ANSM(), Zero(), batch, 2, [], cfg)
+    mgr = (1 + 0.5) * math.log(2)
+    pixel = 255 * ((8 / 255) / 2 + 0.0)  # mean |x_a - x_o| over both images: half of them moved by 8/255
+    assert loss.item() == pytest.approx(mgr + 0.1 * pixel, rel=1e-5)
+    cfg0 = TrainANSMConfig(localizer="x", stage1_steps=0, stage2_steps=1, mgr_lambda=0.5)
+    assert ansm_losses(ANSM(), Zero(), batch, 2, [], cfg0).item() == pytest.approx(mgr, rel=1e-5)
+
+
+def test_resume_accepts_a_state_written_before_mgr_pixel_existed(tiny_cfg) -> None:
+    from ansm.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = TrainANSMConfig(**{**tiny_cfg, "stage2_steps": 1})
+    train_ansm(cfg)
+    state = Path(tiny_cfg["out"]) / "train_state"
+    tensors, meta = load_checkpoint(state)
+    del meta["config"]["mgr_pixel"]  # as written by the trainer before the field was added
+    save_checkpoint(state, tensors, meta)
+    _, summary = train_ansm(TrainANSMConfig(**{**tiny_cfg, "stage2_steps": 1}))
+    assert summary["resumed_from"] == cfg.total_steps
+    with pytest.raises(CheckpointError, match="mgr_pixel"):
+        train_ansm(TrainANSMConfig(**{**tiny_cfg, "stage2_steps": 1, "mgr_pixel": 0.5}))

@@ -57,7 +57,7 @@ LOSSES = ("ansm", "pixel", "feature")
 # Settings that define the result: a resume with any of them changed is refused.
 _RESUME_KEYS = ("loss", "localizer", "seed", "stage1_steps", "stage2_steps", "batch_size", "crop", "lr", "eps_d", "width",
                 "dilations", "norm", "taps", "ffa_alpha", "ffa_reduction", "mgr_lambda", "mgr_dice", "mgr_ffa", "attacks",
-                "objectives", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source")
+                "objectives", "mgr_pixel", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source")
 
 
 @dataclass
@@ -84,6 +84,7 @@ class TrainANSMConfig:
     mgr_lambda: float = 1.0
     mgr_dice: float = 0.0
     mgr_ffa: float = 0.0  # weight of an FFA term kept in stage 2
+    mgr_pixel: float = 0.0  # weight of a pixel term in stage 2: L1(ANSM(x_a), x_o) + L1(ANSM(x_o), x_o), in 1/255 units
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
     objectives: list[str] = field(default_factory=lambda: ["untargeted"])
     eps_min: float = 4 / 255
@@ -121,6 +122,8 @@ class TrainANSMConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 < self.eps_d <= 1 or self.eps_min > self.eps_max:
             raise ConfigError(f"need 0 < eps_d <= 1 and eps_min <= eps_max (got {self.eps_d}, {self.eps_min}, {self.eps_max})")
+        if self.mgr_pixel < 0:
+            raise ConfigError(f"mgr_pixel must be >= 0, got {self.mgr_pixel}")
         if self.ffa_reduction not in REDUCTIONS:
             raise ConfigError(f"ffa_reduction must be one of {', '.join(REDUCTIONS)}, got {self.ffa_reduction!r}")
         bad = sorted(set(self.attacks) - set(ONLINE_ATTACKS))
@@ -229,6 +232,8 @@ def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int,
     loss = mgr_loss(logits[:b], logits[b:], batch.mask, cfg.mgr_lambda, cfg.mgr_dice)
     if cfg.mgr_ffa > 0:
         loss = loss + cfg.mgr_ffa * ffa_loss(feats, feats_o, cfg.ffa_alpha, cfg.ffa_reduction)
+    if cfg.mgr_pixel > 0:
+        loss = loss + cfg.mgr_pixel * 255 * pixel_denoiser_loss(defended[:b], defended[b:], batch.x_o)
     return loss
 
 
@@ -264,8 +269,9 @@ def _save_state(path: Path, ansm: ANSM, opt: torch.optim.Optimizer, step: int, c
 def _load_state(path: Path, ansm: ANSM, opt: torch.optim.Optimizer, cfg: TrainANSMConfig) -> int:
     tensors, meta = load_checkpoint(path)
     saved, now = meta.get("config", {}), asdict(cfg)
+    defaults = asdict(TrainANSMConfig())  # a state written before a field existed was trained with its default
     for key in _RESUME_KEYS:
-        if saved.get(key) != now.get(key):
+        if saved.get(key, defaults.get(key)) != now.get(key):
             raise CheckpointError(f"{path}: cannot resume, {key} was {saved.get(key)!r} but is now {now.get(key)!r} "
                                   "(use a new --out to change it)")
     load_state_dict_strict(ansm, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
