@@ -210,7 +210,8 @@ def _notes(cfg: BenchmarkConfig, report: dict[str, Any]) -> list[str]:
         f"Adaptive attack: {cfg.adaptive_steps} PGD steps (alpha eps/4, halved at 50% and 75%), "
         f"{cfg.adaptive_restarts} random start(s) per objective ({', '.join(cfg.adaptive_objectives)}), per image the "
         "worst case by defended F1, with the oblivious PGD and FGSM images among the candidates (an attacker who "
-        "knows the defense may still ignore it); each run keeps its best iterate by the objective. So "
+        "knows the defense may still ignore it); each run keeps its best iterate by the objective and, as in "
+        "AutoAttack, attacks only the forged images whose F1 is still above 0. So "
         "'adaptive >= oblivious' holds image by image by construction, and its check guards the bookkeeping.",
         f"Oblivious/transfer/gray-box PGD: {cfg.pgd_steps} steps, alpha 2.5 eps/steps, random start.",
         f"Seeds: ANSM {cfg.ansm_seeds}, trained baselines {cfg.baseline_seeds}; ± is the sample SD over seeds "
