@@ -299,24 +299,28 @@ def figures(report: dict[str, Any]) -> dict[str, bytes]:
         plt.close(fig)
         pngs[name] = buf.getvalue()
 
-    series = [(t, a) for t, a in SERIES if any(r["threat"] == t and r["attack"] == a for r in report["rows"])]
-    fig, axes = plt.subplots(1, len(series), figsize=(3.4 * len(series), 3.2), squeeze=False, sharey=True)
-    for ax, (threat, attack) in zip(axes[0], series):
-        for group in report["clean"]:
-            pts = sorted((r["eps"] * 255, r["f1"]) for r in report["rows"]
-                         if r["threat"] == threat and r["attack"] == attack and r["defense"] == group)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=group)
-        ax.set_title(f"{threat} {attack}", fontsize=9)
-        ax.set_xlabel("eps (/255)")
-    axes[0][0].set_ylabel("F1 (defended)")
-    axes[0][-1].legend(fontsize=7)
-    save(fig, "f1_vs_eps")
+    colour = {g: f"C{i % 10}" for i, g in enumerate(report["clean"])}  # one colour per defense in every plot
+    # series measured at a single eps (e.g. adaptive in the quick preset) are in the tables, not on this plot
+    series = [(t, a) for t, a in SERIES
+              if len({r["eps"] for r in report["rows"] if r["threat"] == t and r["attack"] == a}) > 1]
+    if series:
+        fig, axes = plt.subplots(1, len(series), figsize=(3.4 * len(series), 3.2), squeeze=False, sharey=True)
+        for ax, (threat, attack) in zip(axes[0], series):
+            for group in report["clean"]:
+                pts = sorted((r["eps"] * 255, r["f1"]) for r in report["rows"]
+                             if r["threat"] == threat and r["attack"] == attack and r["defense"] == group)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=group, color=colour[group])
+            ax.set_title(f"{threat} {attack}", fontsize=9)
+            ax.set_xlabel("eps (/255)")
+        axes[0][0].set_ylabel("F1 (defended)")
+        axes[0][-1].legend(fontsize=7)
+        save(fig, "f1_vs_eps")
 
     if report["steps_curves"]:
         fig, ax = plt.subplots(figsize=(5, 3.4))
         for group, curve in report["steps_curves"].items():
-            ax.plot([int(k) for k in curve], list(curve.values()), marker="o", label=group)
+            ax.plot([int(k) for k in curve], list(curve.values()), marker="o", label=group, color=colour[group])
         ax.set_xscale("log")
         ax.set_xlabel("adaptive PGD steps")
         ax.set_ylabel("F1 (defended)")
