@@ -122,3 +122,27 @@ def test_presets_quick_and_full_exist_and_differ() -> None:
     quick, full = preset_config("quick"), preset_config("full")
     assert full.adaptive_steps >= 100 and full.adaptive_restarts >= 2 and full.ansm_seeds >= 3
     assert quick.adaptive_steps >= 100 and math.isclose(quick.eps_main, 8 / 255)
+
+
+def test_budget_lists_accept_one_value_or_a_comma_separated_string() -> None:
+    cfg = preset_config("quick", eps_grid="8/255, 2/255", adaptive_eps="8/255")
+    assert cfg.eps_grid == pytest.approx([2 / 255, 8 / 255]) and cfg.adaptive_eps == pytest.approx([8 / 255])
+
+
+def test_real_images_of_mixed_sizes(shared_dir, trained_localizer_path, tmp_path) -> None:
+    """Three CASIA forgeries (different sizes, JPEG + PNG masks) copied to a temporary dataset folder."""
+    import shutil
+
+    data = tmp_path / "casia3"
+    data.mkdir()
+    masks = sorted((shared_dir / "data" / "casia1").glob("*_gt.png"))[:3]
+    for mask in masks:
+        image = next(p for p in mask.parent.glob(mask.name.replace("_gt.png", ".*")) if not p.name.endswith("_gt.png"))
+        shutil.copy(image, data)
+        shutil.copy(mask, data)
+    cfg = preset_config("quick", out=str(tmp_path / "run"), localizer=str(trained_localizer_path), data=str(data),
+                        max_side=96, defenses=["none", "jpeg"], threats=["oblivious", "adaptive"],
+                        **{k: v for k, v in TINY.items() if k not in ("data",)})
+    report = run_benchmark(cfg, log=lambda _s: None)
+    assert report["data"]["n_images"] == 3 and report["checks"]["failed"] == 0
+    assert {r["defense"] for r in report["rows"]} == {"none", "jpeg-75", "jpeg-90"}

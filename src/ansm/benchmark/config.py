@@ -65,8 +65,8 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         for name in ("eps_d", "advft_eps", "eps_main"):
             setattr(self, name, _eps(name, getattr(self, name)))
-        self.eps_grid = sorted(_eps("eps_grid", e) for e in self.eps_grid)
-        self.adaptive_eps = sorted(_eps("adaptive_eps", e) for e in self.adaptive_eps)
+        self.eps_grid = _eps_list("eps_grid", self.eps_grid)
+        self.adaptive_eps = _eps_list("adaptive_eps", self.adaptive_eps)
         if not any(abs(e - self.eps_main) < 1e-9 for e in self.eps_grid):
             raise ConfigError(f"eps_main {self.eps_main * 255:.1f}/255 must be one of eps_grid")
         if "adaptive" in self.threats and not any(abs(e - self.eps_main) < 1e-9 for e in self.adaptive_eps):
@@ -99,6 +99,14 @@ def _eps(name: str, value: Any) -> float:
         return parse_eps(value)
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
+
+
+def _eps_list(name: str, value: Any) -> list[float]:
+    """A sorted list of budgets from a list, one number, or a comma-separated string ("4/255,8/255")."""
+    items = value.split(",") if isinstance(value, str) else (value if isinstance(value, (list, tuple)) else [value])
+    if not items:
+        raise ConfigError(f"{name}: give at least one budget")
+    return sorted(_eps(name, e.strip() if isinstance(e, str) else e) for e in items)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
