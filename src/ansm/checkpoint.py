@@ -41,14 +41,20 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
     return st_path
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Only the JSON half of a checkpoint (what it is), without reading the weights."""
     st_path, json_path = checkpoint_paths(path)
     if not json_path.is_file() or not st_path.is_file():
         raise CheckpointError(f"{st_path}: checkpoint not found (expected {st_path.name} and {json_path.name})")
     try:
-        meta = json.loads(json_path.read_text())
+        return json.loads(json_path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{json_path}: not valid JSON ({exc})") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    meta = load_checkpoint_meta(path)
+    st_path, _ = checkpoint_paths(path)
     try:
         tensors = load_file(str(st_path))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -24,6 +24,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seeded_generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded by a tuple of integers (e.g. ``(seed, step, rank)``): every random draw of a run is a
+    function of where it happens, so a resumed or re-run job draws exactly the same numbers."""
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
 def parse_eps(value: float | str) -> float:
     """Parse a budget written as a float or a fraction such as ``"8/255"`` (the usual way to write it)."""
     if isinstance(value, (int, float)):

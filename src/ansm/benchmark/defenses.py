@@ -55,9 +55,9 @@ class Defense:
         pre, loc = self.pre, self.localizer
         if pre is None:
             return loc
-        if getattr(pre, "differentiable", True):
-            return lambda z: loc(pre(z))
-        return lambda z: loc(bpda(pre, z))
+        if self.uses_bpda:
+            return lambda z: loc(bpda(pre, z))
+        return lambda z: loc(pre(z))
 
     @property
     def uses_bpda(self) -> bool:

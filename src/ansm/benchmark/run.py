@@ -22,9 +22,9 @@ from ansm.benchmark.defenses import Defense, Step, build_defenses
 from ansm.benchmark.threats import adaptive_attack, fgsm, pgd
 from ansm.errors import CheckpointError
 from ansm.eval.metrics import LocalizationMeter
-from ansm.utils import resolve_device, write_json_atomic
+from ansm.utils import resolve_device, seeded_generator, write_json_atomic
 
-_PER_IMAGE = ("names", "forged", "f1", "iou", "auc")
+_PER_IMAGE = ("names", "forged", "f1", "iou", "auc")  # what a cell file keeps per image
 # Settings that may change between a run and its resumption (they do not change any number).
 _RESUME_FREE = ("device", "batch_size", "preset", "tolerance")
 
@@ -80,12 +80,12 @@ def _load_batches(cfg: BenchmarkConfig) -> list[tuple[torch.Tensor, torch.Tensor
 
 
 def _meter_dict(meter: LocalizationMeter) -> dict[str, Any]:
-    return {"names": meter.names, "forged": meter.forged, "f1": meter.f1, "iou": meter.iou, "auc": meter.auc}
+    return {k: getattr(meter, k) for k in _PER_IMAGE}
 
 
 def _generator(cfg: BenchmarkConfig, unit_key: str, batch: int) -> torch.Generator:
     """Randomness of one unit on one batch: a function of (seed, unit, batch), so any unit can recreate another's."""
-    return torch.Generator().manual_seed(zlib.crc32(unit_key.encode()) * 1000 + cfg.seed * 100_003 + batch)
+    return seeded_generator(cfg.seed, zlib.crc32(unit_key.encode()), batch)
 
 
 def oblivious_images(unit: Unit, cfg: BenchmarkConfig, target: torch.nn.Module, x: torch.Tensor, m: torch.Tensor,

@@ -42,9 +42,9 @@ def train_localizer_cmd(
     from ansm.utils import seed_everything, write_json_atomic
 
     if init is not None:
-        from ansm.checkpoint import load_checkpoint
+        from ansm.checkpoint import load_checkpoint_meta
 
-        arch = load_checkpoint(init)[1].get("arch", arch)  # fine-tuning keeps the checkpoint's architecture
+        arch = load_checkpoint_meta(init).get("arch", arch)  # fine-tuning keeps the checkpoint's architecture
     entry = LOCALIZERS.get(arch)  # unknown name: one-line error with close matches
     if steps is None:  # per-architecture default, else the config default
         steps = getattr(entry, "default_train_steps", None)

@@ -26,6 +26,7 @@ from ansm.attacks import create_attack
 from ansm.attacks.base import eval_mode
 from ansm.eval.evaluate import same_size_batches
 from ansm.eval.metrics import LocalizationMeter
+from ansm.utils import seeded_generator
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,6 @@ def recovery(f1_clean: float, f1_adv: float, f1_def: float) -> float | None:
     if not math.isfinite(gap) or gap <= 1e-6:
         return None
     return (f1_def - f1_adv) / gap
-
-
-def _seed(*parts: int) -> torch.Generator:
-    s = 0
-    for p in parts:
-        s = (s * 1_000_003 + int(p)) % (2**63 - 1)
-    return torch.Generator().manual_seed(s)
 
 
 @torch.no_grad()
@@ -97,7 +91,7 @@ def evaluate_defenses(localizer: nn.Module, dataset: Iterable[dict[str, Any]], a
                 target = localizer if spec.adaptive is None else (lambda z, d=defenses[spec.adaptive]: localizer(d(z)))
                 atk = create_attack(spec.attack, target, **spec.kwargs)
                 with torch.enable_grad():
-                    x_a = atk(x, m, generator=_seed(seed, b, a)).detach()
+                    x_a = atk(x, m, generator=seeded_generator(seed, b, a)).detach()
                 p_adv = _prob(localizer, x_a)
                 meter(spec.name, "none").update(p_adv, m, names)
                 record[spec.name] = {"x_a": x_a, "none": p_adv}

@@ -48,7 +48,7 @@ from ansm.defense.ddp import DistContext, all_reduce_mean, barrier, setup_distri
 from ansm.defense.losses import REDUCTIONS, feature_l1_loss, ffa_loss, mgr_loss, pixel_denoiser_loss
 from ansm.errors import CheckpointError, ConfigError
 from ansm.models.taps import FeatureTaps, resolve_layers
-from ansm.utils import parse_eps, write_json_atomic
+from ansm.utils import parse_eps, seeded_generator, write_json_atomic
 
 ONLINE_ATTACKS = ("fgsm", "pgd", "bim", "mifgsm")
 # "ansm": stage 1 FFA then stage 2 MgR (the paper). The others train the same network as single-stage baselines
@@ -159,13 +159,6 @@ def lr_at(step: int, cfg: TrainANSMConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _generator(*parts: int) -> torch.Generator:
-    seed = 0
-    for p in parts:
-        seed = (seed * 1_000_003 + int(p)) % (2**63 - 1)
-    return torch.Generator().manual_seed(seed)
-
-
 @dataclass
 class Batch:
     x_o: torch.Tensor
@@ -177,7 +170,7 @@ class Batch:
 def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.Module, pool: Pool,
                adv: AdversarialPool | None) -> Batch:
     """This rank's slice of step ``step``'s batch, with its adversarial images (a function of (seed, step, rank))."""
-    g = _generator(cfg.seed, step)
+    g = seeded_generator(cfg.seed, step)
     lo, hi = ctx.rank * cfg.batch_size // ctx.world_size, (ctx.rank + 1) * cfg.batch_size // ctx.world_size
     use_offline = adv is not None and torch.rand(1, generator=g).item() < cfg.adv_fraction
     if use_offline:
@@ -201,7 +194,7 @@ def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.
         # enough step size to reach the ball's boundary in pgd_steps steps (2.5 eps / steps, Madry's ratio)
         kwargs |= {"steps": cfg.pgd_steps, "alpha": 2.5 * eps / cfg.pgd_steps}
     attack = create_attack(name, localizer, **kwargs)
-    x_a = attack(x_o, m, generator=_generator(cfg.seed, step, ctx.rank, 7))
+    x_a = attack(x_o, m, generator=seeded_generator(cfg.seed, step, ctx.rank, 7))
     return Batch(x_o, x_a, m, f"online:{name}/{objective}/{eps * 255:.1f}")
 
 

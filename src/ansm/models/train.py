@@ -35,6 +35,7 @@ from ansm.data.synth import SyntheticForgeries
 from ansm.errors import CheckpointError, ConfigError
 from ansm.eval.evaluate import evaluate
 from ansm.models.registry import create_localizer, save_localizer
+from ansm.utils import seeded_generator
 
 
 @dataclass
@@ -118,7 +119,7 @@ def render_pool(n: int, seed: int, size: int, source: str | None, split: str = "
 
 def augmented_batch(images: torch.Tensor, masks: torch.Tensor, step: int, cfg: TrainLocalizerConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch of step ``step``: a function of (seed, step) only, so resuming reproduces it."""
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    g = seeded_generator(cfg.seed, step)
     idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
     x = images[idx].float().div_(255)
     m = masks[idx].float()
@@ -146,7 +147,7 @@ def adversarial_share(model: nn.Module, x: torch.Tensor, m: torch.Tensor, step: 
 
     k = max(1, round(cfg.adv_fraction * x.shape[0]))
     pgd = create_attack("pgd", model, eps=cfg.adv_eps, alpha=2.5 * cfg.adv_eps / cfg.adv_steps, steps=cfg.adv_steps)
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919)
+    g = seeded_generator(cfg.seed, step + 7_919)  # not the batch's own stream
     return torch.cat([pgd(x[:k], m[:k], generator=g), x[k:]])
 
 
