@@ -32,11 +32,14 @@ class Localizer(nn.Module):
         input_cfg: normalisation and size multiple.
         default_taps: names of intermediate modules whose outputs FFA aligns by default.
         config: constructor arguments, stored next to checkpoints so a model can be rebuilt by name.
+        config_before_options: for options added later, the value that reproduces the architecture of checkpoints
+            saved before them (their JSON does not name the option).
     """
 
     name: str = "localizer"
     input_cfg: InputConfig = InputConfig()
     default_taps: tuple[str, ...] = ()
+    config_before_options: dict[str, Any] = {}
 
     def __init__(self, **config: Any) -> None:
         super().__init__()

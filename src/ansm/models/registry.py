@@ -40,6 +40,8 @@ def load_localizer(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     tensors, meta = load_checkpoint(path)
     if meta.get("kind") != "localizer" or "arch" not in meta:
         raise CheckpointError(f"{path}: not a localizer checkpoint (kind={meta.get('kind')!r})")
-    model = create_localizer(meta["arch"], **{**meta.get("config", {}), **overrides})
+    # Options added to an architecture after a checkpoint was saved take the value that checkpoint was trained with.
+    before = getattr(LOCALIZERS.get(meta["arch"]), "config_before_options", {}) if meta["arch"] in LOCALIZERS else {}
+    model = create_localizer(meta["arch"], **{**before, **meta.get("config", {}), **overrides})
     load_state_dict_strict(model, tensors, path)
     return model.eval()

@@ -58,6 +58,11 @@ class TrainLocalizerConfig:
     ckpt_every: int = 100
     eval_n: int = 200  # held-out synthetic test images (unseen photos) evaluated at the end; 0 skips
     dice_weight: float = 1.0
+    # Benign-noise augmentation: a share ``noise_prob`` of training images gets Gaussian noise of a standard deviation
+    # uniform in [0, noise_std] ("3/255" accepted), re-quantised to 8 bits as a saved file would be. A localizer
+    # trained without it can lose half its F1 to random +-2/255 noise, which no defense in front of it can undo.
+    noise_std: float = 0.0
+    noise_prob: float = 0.5
     init: str | None = None  # start from this localizer checkpoint (its architecture wins over ``arch``)
     adv_eps: float = 0.0  # > 0: PGD adversarial training at this L-inf budget ("8/255" accepted)
     adv_steps: int = 3
@@ -66,10 +71,13 @@ class TrainLocalizerConfig:
     def __post_init__(self) -> None:
         from ansm.utils import parse_eps
 
-        try:
-            self.adv_eps = parse_eps(self.adv_eps)
-        except ConfigError as exc:
-            raise ConfigError(f"adv_eps: {exc}") from None
+        for name in ("adv_eps", "noise_std"):
+            try:
+                setattr(self, name, parse_eps(getattr(self, name)))
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+        if not 0 <= self.noise_prob <= 1:
+            raise ConfigError(f"noise_prob must be in [0, 1], got {self.noise_prob}")
         if self.adv_steps < 1 or not 0 < self.adv_fraction <= 1:
             raise ConfigError(f"need adv_steps >= 1 and 0 < adv_fraction <= 1, got {self.adv_steps}, {self.adv_fraction}")
         if self.init is not None:
@@ -125,12 +133,17 @@ def augmented_batch(images: torch.Tensor, masks: torch.Tensor, step: int, cfg: T
     m = masks[idx].float()
     if cfg.crop and cfg.crop < cfg.size:
         # Random crops, not resizes: resizing would blur exactly the noise and resampling traces we learn from.
-        ys = torch.randint(cfg.size - cfg.crop + 1, (cfg.batch_size,), generator=g).tolist()
-        xs = torch.randint(cfg.size - cfg.crop + 1, (cfg.batch_size,), generator=g).tolist()
+        # They start on the 8x8 JPEG grid, so a crop keeps its blocks' quantisation traces where a whole image has them.
+        ys = (torch.randint((cfg.size - cfg.crop) // 8 + 1, (cfg.batch_size,), generator=g) * 8).tolist()
+        xs = (torch.randint((cfg.size - cfg.crop) // 8 + 1, (cfg.batch_size,), generator=g) * 8).tolist()
         c = cfg.crop
         xm = torch.cat([x, m], dim=1)  # crop image and mask together
         xm = torch.stack([xm[i, :, y:y + c, x0:x0 + c] for i, (y, x0) in enumerate(zip(ys, xs))])
         x, m = xm[:, :3], xm[:, 3:]
+    if cfg.noise_std > 0:
+        hit = torch.rand(cfg.batch_size, 1, 1, 1, generator=g) < cfg.noise_prob
+        std = torch.rand(cfg.batch_size, 1, 1, 1, generator=g) * cfg.noise_std * hit
+        x = (x + torch.randn(x.shape, generator=g) * std).mul_(255).round_().clamp_(0, 255).div_(255)
     if torch.rand(1, generator=g).item() < 0.5:
         x, m = x.flip(-1), m.flip(-1)
     k = int(torch.randint(4, (1,), generator=g))
@@ -162,8 +175,9 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: T
     saved = meta.get("config", {})
     for key in ("arch", "arch_kwargs", "seed", "size", "crop", "pool", "source", "batch_size", "steps", "init",
                 "adv_eps", "adv_steps", "adv_fraction"):
-        if saved.get(key) != asdict(cfg).get(key):
-            raise CheckpointError(f"{path}: cannot resume, {key} was {saved.get(key)!r} but is now {asdict(cfg).get(key)!r}")
+        was = saved.get(key, getattr(TrainLocalizerConfig, key, None))  # a state saved before the field existed
+        if was != asdict(cfg).get(key):
+            raise CheckpointError(f"{path}: cannot resume, {key} was {was!r} but is now {asdict(cfg).get(key)!r}")
     load_state_dict_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     optimizer_from_tensors(opt, tensors, meta["optimizer"])
     return int(meta["step"])

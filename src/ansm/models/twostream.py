@@ -5,6 +5,9 @@
   filter), the classic way forensic networks expose noise-level, resampling and compression traces that the
   RGB content hides. SRM residuals are squashed with ``tanh`` rather than hard-truncated: hard clipping would
   zero gradients and make attacks look weaker than they are (gradient masking).
+* A JPEG-grid stream: 8x8 block DCT coefficients of the luminance, tested for quantisation by periodicity
+  (see :class:`JPEGGridFeatures`). A pasted region saved as JPEG at another quality keeps that quality's
+  quantisation steps; sensor noise and blur traces are often gone after it, so this is the cue left.
 * A global-context block compares local features to image-wide statistics: a spliced region is one whose
   noise differs from the rest of *this* image.
 
@@ -13,6 +16,8 @@ mode and 0.34 in eval mode (batch statistics of forged/unforged mixes are not st
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -67,6 +72,43 @@ class BayarConv(nn.Module):
         return F.conv2d(x, self.constrained_weight(), padding=self.kernel // 2) * 10.0
 
 
+def _dct_basis(n_coefs: int) -> torch.Tensor:
+    """The first ``n_coefs`` orthonormal 8x8 DCT-II basis images in JPEG zigzag order, as conv weights Kx1x8x8."""
+    k = torch.arange(8, dtype=torch.float64)
+    c = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * 0.5  # c[u, x]
+    c[0] /= math.sqrt(2)
+    zigzag = sorted(((u, v) for u in range(8) for v in range(8)),
+                    key=lambda uv: (uv[0] + uv[1], uv[1] if (uv[0] + uv[1]) % 2 else uv[0]))
+    basis = torch.stack([torch.outer(c[u], c[v]) for u, v in zigzag[:n_coefs]])
+    return basis.unsqueeze(1).float()
+
+
+class JPEGGridFeatures(nn.Module):
+    """Quantisation traces on the 8x8 JPEG grid, as a fixed (parameter-free) feature map at 1/8 resolution.
+
+    JPEG stores ``round(F_k / Q_k)`` for each DCT coefficient ``F_k`` of each 8x8 luminance block, so a decoded
+    block's coefficients sit near multiples of its quality's steps ``Q_k``. ``cos(2 pi F_k / q)`` is then near 1
+    for every step ``q`` that divides ``Q_k``, and averages out otherwise; averaged over a ``window`` of
+    neighbouring blocks it shows which quantisation a region went through (the idea behind CAT-Net's DCT
+    stream, without its one-hot histograms). It relies on the grid starting at the top-left pixel: crops that
+    train on it must start at multiples of 8, and resizing an image destroys it (as it destroys the trace).
+    """
+
+    def __init__(self, n_coefs: int = 15, max_step: int = 16, window: int = 3) -> None:
+        super().__init__()
+        self.register_buffer("basis", _dct_basis(n_coefs), persistent=False)
+        self.register_buffer("steps", torch.arange(2, max_step + 1, dtype=torch.float32), persistent=False)
+        self.window = window
+        self.channels = n_coefs * (max_step - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        luma = (x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114) * 255 - 128  # JFIF's Y, level-shifted
+        coef = F.conv2d(luma, self.basis, stride=8)  # B x K x H/8 x W/8
+        phase = coef.unsqueeze(2) * (2 * math.pi / self.steps.view(1, 1, -1, 1, 1))
+        feats = torch.cos(phase).flatten(1, 2)
+        return F.avg_pool2d(feats, self.window, stride=1, padding=self.window // 2, count_include_pad=False)
+
+
 class GlobalContext(nn.Module):
     """Concatenate each position's features with the image-wide mean, then fuse."""
 
@@ -87,9 +129,10 @@ class TwoStreamLocalizer(Localizer):
     name = "twostream"
     input_cfg = InputConfig(multiple=8)
     default_taps = ("enc2", "enc3", "context")
+    config_before_options = {"jpeg_grid": False}  # checkpoints saved before the JPEG-grid stream existed
 
-    def __init__(self, width: int = 16) -> None:
-        super().__init__(width=width)
+    def __init__(self, width: int = 16, jpeg_grid: bool = True) -> None:
+        super().__init__(width=width, jpeg_grid=jpeg_grid)
         w = width
         self.srm = SRMFilter()
         self.bayar = BayarConv(3, 3)
@@ -99,6 +142,9 @@ class TwoStreamLocalizer(Localizer):
         self.enc1 = DownBlock(w, 2 * w)
         self.enc2 = DownBlock(2 * w, 4 * w)
         self.enc3 = DownBlock(4 * w, 6 * w)
+        if jpeg_grid:
+            self.jpeg = JPEGGridFeatures()
+            self.jpeg_proj = ConvNormAct(self.jpeg.channels, 6 * w, kernel=1)
         self.context = GlobalContext(6 * w)
         self.dec2 = UpBlock(6 * w, 4 * w, 4 * w)
         self.dec1 = UpBlock(4 * w, 2 * w, 2 * w)
@@ -110,7 +156,10 @@ class TwoStreamLocalizer(Localizer):
         s0 = torch.cat([self.rgb_stem(x), self.noise_stem(noise)], dim=1)
         s1 = self.enc1(s0)
         s2 = self.enc2(s1)
-        s3 = self.context(self.enc3(s2))
+        s3 = self.enc3(s2)
+        if hasattr(self, "jpeg"):
+            s3 = s3 + self.jpeg_proj(self.jpeg(x))
+        s3 = self.context(s3)
         d = self.dec2(s3, s2)
         d = self.dec1(d, s1)
         d = self.dec0(d, s0)
