@@ -27,6 +27,10 @@ def train_localizer_cmd(
     adv_eps: Optional[str] = typer.Option(None, help="PGD adversarial training budget, e.g. 8/255 (default: off)."),
     adv_steps: Optional[int] = typer.Option(None, help="PGD steps per adversarial example."),
     adv_fraction: Optional[float] = typer.Option(None, help="Share of each batch replaced by PGD examples."),
+    noise_std: Optional[str] = typer.Option(None, help="Benign-noise augmentation: max Gaussian std, e.g. 3/255 "
+                                            "(default: off)."),
+    jpeg_grid: Optional[bool] = typer.Option(None, "--jpeg-grid/--no-jpeg-grid",
+                                             help="twostream: with or without the JPEG-grid stream (default: with)."),
     seed: int = typer.Option(0, help="Seed for initialisation, data and batches."),
 ) -> None:
     """Train a built-in localizer on synthetic forgeries, then report F1 on held-out synthetic images.
@@ -50,13 +54,21 @@ def train_localizer_cmd(
         steps = getattr(entry, "default_train_steps", None)
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "size": size, "pool": pool,
                  "source": str(source) if source else None, "eval_n": eval_n, "adv_eps": adv_eps,
-                 "adv_steps": adv_steps, "adv_fraction": adv_fraction, "init": str(init) if init else None}
+                 "adv_steps": adv_steps, "adv_fraction": adv_fraction, "init": str(init) if init else None,
+                 "noise_std": noise_std}
     # Architectures built on a published backbone take ``weights`` (a path, or "auto" to look it up).
     arch_kwargs = {"weights": weights or "auto"} if "weights" in inspect.signature(entry).parameters and not init else {}
     if weights and not arch_kwargs:
         from ansm.errors import ConfigError
 
         raise ConfigError(f"--weights: {arch} does not load third-party weights (it is trained from scratch)")
+    if jpeg_grid is not None:
+        if "jpeg_grid" not in inspect.signature(entry).parameters or init:
+            from ansm.errors import ConfigError
+
+            raise ConfigError(f"--jpeg-grid/--no-jpeg-grid: {arch if not init else '--init'} does not take it "
+                              "(twostream trained from scratch does)")
+        arch_kwargs["jpeg_grid"] = jpeg_grid
     cfg = TrainLocalizerConfig(arch=arch, arch_kwargs=arch_kwargs, out=str(out), seed=seed,
                                **{k: v for k, v in overrides.items() if v is not None})
     seed_everything(seed)

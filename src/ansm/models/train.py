@@ -140,14 +140,15 @@ def augmented_batch(images: torch.Tensor, masks: torch.Tensor, step: int, cfg: T
         xm = torch.cat([x, m], dim=1)  # crop image and mask together
         xm = torch.stack([xm[i, :, y:y + c, x0:x0 + c] for i, (y, x0) in enumerate(zip(ys, xs))])
         x, m = xm[:, :3], xm[:, 3:]
-    if cfg.noise_std > 0:
-        hit = torch.rand(cfg.batch_size, 1, 1, 1, generator=g) < cfg.noise_prob
-        std = torch.rand(cfg.batch_size, 1, 1, 1, generator=g) * cfg.noise_std * hit
-        x = (x + torch.randn(x.shape, generator=g) * std).mul_(255).round_().clamp_(0, 255).div_(255)
     if torch.rand(1, generator=g).item() < 0.5:
         x, m = x.flip(-1), m.flip(-1)
     k = int(torch.randint(4, (1,), generator=g))
-    return x.rot90(k, dims=(-2, -1)), m.rot90(k, dims=(-2, -1))
+    x, m = x.rot90(k, dims=(-2, -1)), m.rot90(k, dims=(-2, -1))
+    if cfg.noise_std > 0:  # drawn last: the batch is otherwise the one a run without noise takes
+        hit = torch.rand(cfg.batch_size, 1, 1, 1, generator=g) < cfg.noise_prob
+        std = torch.rand(cfg.batch_size, 1, 1, 1, generator=g) * cfg.noise_std * hit
+        x = (x + torch.randn(x.shape, generator=g) * std).mul_(255).round_().clamp_(0, 255).div_(255)
+    return x, m
 
 
 def adversarial_share(model: nn.Module, x: torch.Tensor, m: torch.Tensor, step: int,
