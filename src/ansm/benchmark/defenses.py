@@ -120,10 +120,10 @@ def build_defenses(cfg: BenchmarkConfig, device: torch.device, step: Step,
     models = Path(cfg.out) / "models"
     if cfg.localizer is None:
         target_path = str(models / "target" / "localizer")
-        from ansm.demo import DEFENDED_LOCALIZER_KWARGS
+        from ansm.demo import DEFENDED_LOCALIZER_KWARGS, DemoConfig
 
         target = _train_localizer(models / "target", cfg, "twostream", step, "target localizer",
-                                  arch_kwargs=dict(DEFENDED_LOCALIZER_KWARGS))
+                                  arch_kwargs=dict(DEFENDED_LOCALIZER_KWARGS), noise_std=DemoConfig().loc_noise_std)
     else:
         target_path, target = cfg.localizer, resolve_localizer(cfg.localizer)
     target = _frozen(target, device)
