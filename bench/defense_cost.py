@@ -51,13 +51,14 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def functional_macs(name: str, h: int, w: int) -> int:
+def functional_macs(name: str, model: nn.Module, h: int, w: int) -> int:
     """MACs of convolutions done with ``F.conv2d`` inside a model (not visible to module hooks)."""
     if name == "ansm":
         return h * w * 3 * 9  # fixed 3x3 blur per channel for the high-pass input
     if name == "twostream":
         h8, w8 = -(-h // 8) * 8, -(-w // 8) * 8  # the localizer pads to a multiple of 8
-        return h8 * w8 * (9 * 25 + 3 * 3 * 25)  # SRM: 9 depthwise 5x5; Bayar: 3x3 channels 5x5
+        jpeg = model.jpeg.basis.shape[0] if hasattr(model, "jpeg") else 0  # block DCT: K coefficients per pixel
+        return h8 * w8 * (9 * 25 + 3 * 3 * 25 + jpeg)  # SRM: 9 depthwise 5x5; Bayar: 3x3 channels 5x5
     return 0
 
 
@@ -83,7 +84,7 @@ def main() -> None:
         models[name] = create_localizer(name).eval()
     rows = {}
     for name, model in models.items():
-        macs = count_macs(model, x) + functional_macs(name, args.size, args.size)
+        macs = count_macs(model, x) + functional_macs(name, model, args.size, args.size)
         rows[name] = {"params": count_parameters(model), "gmacs": macs / 1e9}
     with torch.no_grad():
         for model in models.values():  # warm-up
