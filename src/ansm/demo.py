@@ -64,7 +64,7 @@ Step = Callable[[str, int], Callable[[int], None]]  # (description, total) -> ad
 # The localizer the demo (and the benchmark) defends: twostream *without* its JPEG-grid stream. That stream reads
 # 8x8 quantisation traces, which any noise (the attack's, or ANSM's own perturbation) wipes out and no input-side
 # defense can restore; its periodic features also give ANSM's training gradients that swamp the rest (measured:
-# ANSM then collapses to a uniform +-eps_d shift, PGD recovery 0.04 vs 0.45 without the stream; docs/ansm.md).
+# ANSM then collapses to a uniform +-eps_d shift, PGD recovery 0.04 vs 0.47 without the stream; docs/ansm.md).
 DEFENDED_LOCALIZER_KWARGS: dict[str, Any] = {"jpeg_grid": False}
 
 

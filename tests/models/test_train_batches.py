@@ -47,3 +47,13 @@ def test_noise_options_are_validated() -> None:
         TrainLocalizerConfig(noise_std="loud")
     with pytest.raises(ConfigError, match="noise_prob"):
         TrainLocalizerConfig(noise_prob=1.5)
+
+
+def test_a_run_does_not_resume_with_other_noise(tmp_path) -> None:
+    from ansm.errors import CheckpointError
+    from ansm.models.train import train_localizer
+
+    cfg = dict(out=str(tmp_path), size=32, crop=None, steps=2, batch_size=2, pool=4, warmup=1, ckpt_every=1, eval_n=0)
+    train_localizer(TrainLocalizerConfig(**cfg))
+    with pytest.raises(CheckpointError, match="noise_std"):
+        train_localizer(TrainLocalizerConfig(**cfg, noise_std="4/255"))

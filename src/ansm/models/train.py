@@ -60,7 +60,7 @@ class TrainLocalizerConfig:
     dice_weight: float = 1.0
     # Benign-noise augmentation: a share ``noise_prob`` of training images gets Gaussian noise of a standard deviation
     # uniform in [0, noise_std] ("3/255" accepted), re-quantised to 8 bits as a saved file would be. A localizer
-    # trained without it can lose half its F1 to random +-2/255 noise, which no defense in front of it can undo.
+    # trained without it can lose half its F1 to random +-4/255 noise, which no defense in front of it can undo.
     noise_std: float = 0.0
     noise_prob: float = 0.5
     init: str | None = None  # start from this localizer checkpoint (its architecture wins over ``arch``)
@@ -175,7 +175,7 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: T
     tensors, meta = load_checkpoint(path)
     saved = meta.get("config", {})
     for key in ("arch", "arch_kwargs", "seed", "size", "crop", "pool", "source", "batch_size", "steps", "init",
-                "adv_eps", "adv_steps", "adv_fraction"):
+                "adv_eps", "adv_steps", "adv_fraction", "noise_std", "noise_prob"):
         was = saved.get(key, getattr(TrainLocalizerConfig, key, None))  # a state saved before the field existed
         if was != asdict(cfg).get(key):
             raise CheckpointError(f"{path}: cannot resume, {key} was {was!r} but is now {asdict(cfg).get(key)!r}")
