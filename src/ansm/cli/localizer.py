@@ -41,6 +41,7 @@ def train_localizer_cmd(
     """
     import inspect
 
+    from ansm.errors import ConfigError
     from ansm.models import LOCALIZERS
     from ansm.models.train import TrainLocalizerConfig, train_localizer
     from ansm.utils import seed_everything, write_json_atomic
@@ -57,15 +58,12 @@ def train_localizer_cmd(
                  "adv_steps": adv_steps, "adv_fraction": adv_fraction, "init": str(init) if init else None,
                  "noise_std": noise_std}
     # Architectures built on a published backbone take ``weights`` (a path, or "auto" to look it up).
-    arch_kwargs = {"weights": weights or "auto"} if "weights" in inspect.signature(entry).parameters and not init else {}
+    accepted = inspect.signature(entry).parameters
+    arch_kwargs = {"weights": weights or "auto"} if "weights" in accepted and not init else {}
     if weights and not arch_kwargs:
-        from ansm.errors import ConfigError
-
         raise ConfigError(f"--weights: {arch} does not load third-party weights (it is trained from scratch)")
     if jpeg_grid is not None:
-        if "jpeg_grid" not in inspect.signature(entry).parameters or init:
-            from ansm.errors import ConfigError
-
+        if "jpeg_grid" not in accepted or init:
             raise ConfigError(f"--jpeg-grid/--no-jpeg-grid: {arch if not init else '--init'} does not take it "
                               "(twostream trained from scratch does)")
         arch_kwargs["jpeg_grid"] = jpeg_grid
