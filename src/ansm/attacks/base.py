@@ -19,7 +19,7 @@ without its classification assumptions:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -75,7 +75,9 @@ class Attack:
         model: differentiable callable returning mask logits.
         eps: budget (L-inf for ``norm == "linf"``, L2 over the whole image for ``"l2"``); ``"8/255"`` accepted.
         objective: ``"untargeted"``, ``"hide"`` or an :class:`~ansm.attacks.objectives.Objective`.
-        generator: source of randomness (random starts); ``None`` uses the global RNG.
+        generator: source of randomness (random starts); ``None`` uses the global RNG. A call may instead pass a
+            sequence with one generator per image, which makes each image's random start independent of the batch
+            it is attacked in (the attack-set builder attacks in batches with per-image seeds that way).
     """
 
     name: ClassVar[str] = "attack"
@@ -97,10 +99,12 @@ class Attack:
         return {"objective": self.objective.name, **{k: getattr(self, k) for k in self.param_names}}
 
     def __call__(self, images: torch.Tensor, mask: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
         """Attack a batch. ``mask`` (Bx1xHxW {0,1}) is the ground truth; without it the model's own clean
         prediction is used as the label (so an untargeted attack needs no annotation)."""
         self._check_inputs(images, mask)
+        if isinstance(generator, (list, tuple)) and len(generator) != images.shape[0]:
+            raise ConfigError(f"{self.name}: {len(generator)} generators for {images.shape[0]} images (one per image)")
         device = model_device(self.model, images.device)
         x = images.detach().to(device=device, dtype=torch.float32)
         gen = generator if generator is not None else self.generator
@@ -147,8 +151,13 @@ class Attack:
             delta = delta * (self.eps / norms.clamp_min(1e-12)).clamp(max=1.0)
         return (x + delta).clamp(0, 1)
 
-    def random_init(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """A uniform point of the L-inf ball, or a uniform-radius point of the L2 ball (Madry et al.)."""
+    def random_init(self, x: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+        """A uniform point of the L-inf ball, or a uniform-radius point of the L2 ball (Madry et al.).
+
+        With one generator per image, image ``i``'s start is drawn from ``generator[i]`` alone: the same start as
+        attacking that image on its own."""
+        if isinstance(generator, (list, tuple)):
+            return torch.cat([self.random_init(x[i:i + 1], g) for i, g in enumerate(generator)])
         eps = self.eps or 0.0
         gen_device = generator.device if generator is not None else torch.device("cpu")
         if self.norm == "l2":

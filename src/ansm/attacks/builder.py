@@ -128,23 +128,62 @@ def measure(x: torch.Tensor, adv_q: torch.Tensor) -> dict[str, float | None]:
 def attack_one(attack: Attack, localizer: Callable[[torch.Tensor], torch.Tensor], item: dict[str, Any],
                seed: int, device: torch.device | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Attack one dataset item; return the quantized adversarial image (3xHxW) and its measurements."""
-    image_id = _check_id(item["name"])
-    x = item["image"].float()
-    m = item["mask"].float()
-    if x.dim() != 3 or x.shape[0] != 3 or m.shape != (1, *x.shape[-2:]):
-        raise DataError(f"{image_id}: expected image 3xHxW and mask 1xHxW, got {tuple(x.shape)} and {tuple(m.shape)}")
-    gen = torch.Generator().manual_seed(image_seed(seed, image_id))
+    return attack_batch(attack, localizer, [item], seed, device)[0]
+
+
+def attack_batch(attack: Attack, localizer: Callable[[torch.Tensor], torch.Tensor], items: list[dict[str, Any]],
+                 seed: int, device: torch.device | None = None) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+    """Attack same-size dataset items in one batch; per item, the quantized adversarial image and measurements.
+
+    Each image draws its randomness from its own generator (``image_seed(seed, id)``), so batching changes only
+    floating-point summation order inside the model, not which random start an image gets."""
+    xs, ms, gens = [], [], []
+    for item in items:
+        image_id = _check_id(item["name"])
+        x, m = item["image"].float(), item["mask"].float()
+        if x.dim() != 3 or x.shape[0] != 3 or m.shape != (1, *x.shape[-2:]):
+            raise DataError(f"{image_id}: expected image 3xHxW and mask 1xHxW, got {tuple(x.shape)} and {tuple(m.shape)}")
+        if xs and x.shape != xs[0].shape:
+            raise DataError(f"{image_id}: a batch needs images of one size, got {tuple(x.shape)} and {tuple(xs[0].shape)}")
+        xs.append(x)
+        ms.append(m)
+        gens.append(torch.Generator().manual_seed(image_seed(seed, image_id)))
+    x, m = torch.stack(xs), torch.stack(ms)
     dev = device or x.device
-    adv = attack(x[None].to(dev), m[None].to(dev), generator=gen)[0].cpu()
-    adv_q = quantize(adv, x, attack.eps if attack.norm == "linf" else None)
+    adv = attack(x.to(dev), m.to(dev), generator=gens).cpu()
+    eps = attack.eps if attack.norm == "linf" else None
+    adv_q = torch.stack([quantize(adv[i], x[i], eps) for i in range(len(items))])
     with torch.no_grad(), eval_mode(localizer):
-        logits = localizer(torch.stack([x, adv_q]).to(dev)).float().cpu()
-    prob = torch.sigmoid(logits)
-    f1 = f1_score(prob, torch.stack([m, m]))
+        prob = torch.sigmoid(localizer(torch.cat([x, adv_q]).to(dev)).float().cpu())
+    n = len(items)
+    f1 = f1_score(prob, torch.cat([m, m]))
     area = (prob > 0.5).flatten(1).float().mean(1)
-    stats = {**measure(x, adv_q), "f1_before": _r(f1[0]), "f1_after": _r(f1[1]),
-             "pred_area_before": _r(area[0]), "pred_area_after": _r(area[1])}
-    return adv_q, stats
+    return [(adv_q[i], {**measure(x[i], adv_q[i]), "f1_before": _r(f1[i]), "f1_after": _r(f1[n + i]),
+                        "pred_area_before": _r(area[i]), "pred_area_after": _r(area[n + i])}) for i in range(n)]
+
+
+def _write_result(root: Path, item: dict[str, Any], adv_q: torch.Tensor, stats: dict[str, Any], attack: Attack,
+                  seed: int) -> None:
+    """Image and mask first, the record last (atomically): "record exists" means "image done"."""
+    image_id = _check_id(item["name"])
+    forged = bool(item["mask"].any())
+    img_path, gt_path = _paths(root, image_id, forged)
+    write_png(img_path, adv_q)
+    if gt_path is not None:
+        write_png(gt_path, (item["mask"] > 0.5).float())
+    record = {
+        "id": image_id,
+        "image": img_path.relative_to(root).as_posix(),
+        "mask": gt_path.relative_to(root).as_posix() if gt_path else None,
+        "label": int(forged),
+        "source_image": item.get("image_path") or None,
+        "source_mask": item.get("mask_path") or None,
+        "attack": attack.name,
+        "params": attack.params(),
+        "seed": image_seed(seed, image_id),
+        **stats,
+    }
+    write_text_atomic(root / "records" / f"{image_id}.json", json.dumps(record, sort_keys=True) + "\n")
 
 
 def _paths(out: Path, image_id: str, forged: bool) -> tuple[Path, Path | None]:
@@ -184,7 +223,7 @@ def assemble_manifest(out: str | os.PathLike, n_images: int) -> Path | None:
 def build_adversarial_dataset(dataset: Any, localizer: Callable[[torch.Tensor], torch.Tensor], attack: Attack,
                               out: str | os.PathLike, *, seed: int = 0, shard: str | tuple[int, int] | None = None,
                               describe: dict[str, Any] | None = None, device: torch.device | None = None,
-                              on_item: Callable[[str, bool], None] | None = None) -> BuildResult:
+                              on_item: Callable[[str, bool], None] | None = None, batch_size: int = 1) -> BuildResult:
     """Attack every image of ``dataset`` (items ``{"image", "mask", "name", ...}``) and write the results.
 
     Args:
@@ -197,7 +236,12 @@ def build_adversarial_dataset(dataset: Any, localizer: Callable[[torch.Tensor], 
         describe: extra settings recorded in ``attack.json`` (e.g. dataset and checkpoint names); a restart
             must pass the same.
         on_item: called as ``on_item(id, attacked)`` after each image of the shard (attacked or skipped).
+        batch_size: images attacked together (consecutive images of one size). Every image keeps its own random
+            start, so the results do not depend on it beyond floating-point rounding; a killed run loses at most
+            the batch in flight.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     k, n = parse_shard(shard)
     root = Path(out)
     n_images = len(dataset)
@@ -210,6 +254,17 @@ def build_adversarial_dataset(dataset: Any, localizer: Callable[[torch.Tensor], 
 
     indices = range(k, n_images, n)
     attacked = skipped = 0
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal attacked
+        for item, (adv_q, stats) in zip(pending, attack_batch(attack, localizer, pending, seed, device)):
+            _write_result(root, item, adv_q, stats, attack, seed)
+            attacked += 1
+            if on_item:
+                on_item(item["name"], True)
+        pending.clear()
+
     for index in indices:
         image_id = _item_id(dataset, index)
         if image_id is not None and (root / "records" / f"{image_id}.json").exists():
@@ -219,34 +274,18 @@ def build_adversarial_dataset(dataset: Any, localizer: Callable[[torch.Tensor], 
             continue
         item = dataset[index]
         image_id = _check_id(item["name"])
-        record_path = root / "records" / f"{image_id}.json"
-        if record_path.exists():
+        if (root / "records" / f"{image_id}.json").exists():
             skipped += 1
             if on_item:
                 on_item(image_id, False)
             continue
-        adv_q, stats = attack_one(attack, localizer, item, seed, device)
-        forged = bool(item["mask"].any())
-        img_path, gt_path = _paths(root, image_id, forged)
-        write_png(img_path, adv_q)
-        if gt_path is not None:
-            write_png(gt_path, (item["mask"] > 0.5).float())
-        record = {
-            "id": image_id,
-            "image": img_path.relative_to(root).as_posix(),
-            "mask": gt_path.relative_to(root).as_posix() if gt_path else None,
-            "label": int(forged),
-            "source_image": item.get("image_path") or None,
-            "source_mask": item.get("mask_path") or None,
-            "attack": attack.name,
-            "params": attack.params(),
-            "seed": image_seed(seed, image_id),
-            **stats,
-        }
-        write_text_atomic(record_path, json.dumps(record, sort_keys=True) + "\n")
-        attacked += 1
-        if on_item:
-            on_item(image_id, True)
+        if pending and item["image"].shape != pending[0]["image"].shape:
+            flush()  # one image size per batch: file datasets are attacked in runs of equal-size images
+        pending.append(item)
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
     manifest = assemble_manifest(root, n_images)
     return BuildResult(root, n_images, len(indices), attacked, skipped, manifest)
 

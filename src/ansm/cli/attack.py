@@ -31,6 +31,7 @@ def attack_cmd(
     seed: int = typer.Option(0, help="Base seed; each image uses a seed derived from (seed, image id)."),
     shard: Optional[str] = typer.Option(None, help="k/n: process one deterministic n-th of the images (0 <= k < n)."),
     size: int = typer.Option(128, help="Image size for synthetic:N."),
+    batch_size: int = typer.Option(1, help="Images attacked together (same-size runs; each keeps its own seed)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 or auto."),
 ) -> None:
     """Attack every image of a dataset with a white-box attack on a localizer and save a lossless PNG dataset.
@@ -57,7 +58,8 @@ def attack_cmd(
     with progress() as bar:
         task = bar.add_task(f"{attack} {k}/{n}" if n > 1 else attack, total=n_shard)
         result = build_adversarial_dataset(dataset, localizer, atk, out, seed=seed, shard=(k, n), describe=describe,
-                                           device=dev, on_item=lambda _id, _done: bar.advance(task))
+                                           device=dev, on_item=lambda _id, _done: bar.advance(task),
+                                           batch_size=batch_size)
     console.print(f"{result.n_attacked} attacked, {result.n_skipped} already done ({result.n_shard} in shard {k}/{n})")
     if result.manifest is None:
         console.print(f"manifest pending: other shards of {out} have not finished")
