@@ -90,6 +90,8 @@ def test_trains_from_an_attack_set(trained_localizer, tiny_cfg, tmp_path) -> Non
     ({"loss": "mse"}, "loss must be one of"),
     ({"loss": "pixel"}, "single-stage baseline"),
     ({"mgr_pixel": -1.0}, "mgr_pixel"),
+    ({"ffa_weight": 0.0}, "stage 1 has no loss"),
+    ({"stage2_lr": 0.0}, "stage2_lr"),
     ({"batch_size": 3, "crop": 33}, None),  # valid: odd sizes are fine
 ])
 def test_config_errors(tiny_cfg, trained_localizer, kwargs, message) -> None:
@@ -114,6 +116,12 @@ def test_lr_schedule_restarts_per_stage() -> None:
     cfg = TrainANSMConfig(stage1_steps=50, stage2_steps=50, warmup=5, lr=1e-2)
     assert lr_at(0, cfg) == pytest.approx(2e-3) and lr_at(4, cfg) == pytest.approx(1e-2)
     assert lr_at(49, cfg) < 1e-3 and lr_at(50, cfg) == pytest.approx(2e-3)
+
+
+def test_stage2_lr_sets_the_peak_of_stage_2_only() -> None:
+    cfg = TrainANSMConfig(stage1_steps=50, stage2_steps=50, warmup=5, lr=1e-2, stage2_lr=1e-3)
+    assert lr_at(4, cfg) == pytest.approx(1e-2) and lr_at(54, cfg) == pytest.approx(1e-3)
+    assert max(lr_at(s, cfg) for s in range(50, 100)) == pytest.approx(1e-3)
 
 
 def test_recovery_formula() -> None:
@@ -153,6 +161,75 @@ def test_stage2_pixel_term_by_hand() -> None:
     assert loss.item() == pytest.approx(mgr + 0.1 * pixel, rel=1e-5)
     cfg0 = TrainANSMConfig(localizer="x", stage1_steps=0, stage2_steps=1, mgr_lambda=0.5)
     assert ansm_losses(ANSM(), Zero(), batch, 2, [], cfg0).item() == pytest.approx(mgr, rel=1e-5)
+
+
+def test_stage1_pixel_alignment_by_hand() -> None:
+    """Stage 1 with ``ffa_pixel`` and FFA weight 0 is the pixel term alone, and never runs the localizer; with an FFA
+    weight w it is w * FFA + the pixel term."""
+    from ansm.defense.ansm_net import ANSM
+    from ansm.defense.losses import ffa_loss
+    from ansm.defense.trainer import Batch, ansm_losses
+    from ansm.models.taps import FeatureTaps
+
+    class Refuses(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("the localizer ran in a pixel-only stage 1")
+
+    x_o = torch.full((2, 3, 4, 4), 0.5)
+    x_a = x_o.clone()
+    x_a[0] += 8 / 255
+    batch = Batch(x_o, x_a, torch.zeros(2, 1, 4, 4), "offline")
+    pixel = 255 * ((8 / 255) / 2)  # identity ANSM: |D(x_a) - x_o| averages 4/255, |D(x_o) - x_o| is 0
+    cfg = TrainANSMConfig(localizer="x", stage1_steps=1, stage2_steps=0, ffa_weight=0.0, ffa_pixel=0.25)
+    assert ansm_losses(ANSM(), Refuses(), batch, 1, [], cfg).item() == pytest.approx(0.25 * pixel, rel=1e-5)
+
+    class Conv(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.body = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)[:, :1]
+
+    conv = Conv()
+    with torch.no_grad(), FeatureTaps(conv, ["body"]) as t:
+        conv(x_o)
+        f_o = dict(t.features)
+        conv(x_a)
+        f_a = dict(t.features)
+    ffa = ffa_loss(f_a, f_o, cfg.ffa_alpha, cfg.ffa_reduction).item()
+    assert ffa > 0
+    cfg2 = TrainANSMConfig(localizer="x", stage1_steps=1, stage2_steps=0, ffa_weight=2.0, ffa_pixel=0.25)
+    assert ansm_losses(ANSM(), conv, batch, 1, ["body"], cfg2).item() == pytest.approx(2 * ffa + 0.25 * pixel, rel=1e-5)
+
+
+def test_offline_pairs_are_flipped_and_rotated_together(trained_localizer, tmp_path) -> None:
+    """Attack-set triples get the online images' flips and quarter turns, the same for image, attack and mask, so
+    every batch row is still one original with its own attack noise."""
+    from ansm.defense.data import AdversarialPool
+    from ansm.defense.ddp import DistContext
+    from ansm.defense.trainer import make_batch
+
+    g = torch.Generator().manual_seed(0)
+    x_o = torch.randint(0, 256, (4, 3, 8, 8), generator=g, dtype=torch.uint8)
+    x_a = (x_o.int() + torch.randint(-8, 9, x_o.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    m = torch.rand(4, 1, 8, 8, generator=g) > 0.5
+    adv = AdversarialPool(x_o, x_a, m, [str(i) for i in range(4)])
+    cfg = TrainANSMConfig(localizer="x", batch_size=4, crop=None, adv_data=["set"], adv_fraction=1.0, size=8)
+    ctx = DistContext()
+    layouts = set()
+    for step in range(12):
+        b = make_batch(step, cfg, ctx, trained_localizer, None, adv)
+        for row in range(4):
+            candidates = [(i, k, f) for i in range(4) for k in range(4) for f in (False, True)
+                          if torch.equal((x_o[i].flip(-1) if f else x_o[i]).rot90(k, dims=(-2, -1)).float() / 255, b.x_o[row])]
+            assert candidates, "a batch row is not a flip/rotation of an attack-set original"
+            i, k, f = candidates[0]
+            same = lambda t: (t[i].flip(-1) if f else t[i]).rot90(k, dims=(-2, -1)).float()  # noqa: E731
+            assert torch.equal(same(x_a) / 255, b.x_a[row]) and torch.equal(same(m), b.mask[row])
+            layouts.add((k, f))
+    assert len(layouts) > 4  # the draws really vary
 
 
 def test_resume_accepts_a_state_written_before_mgr_pixel_existed(tiny_cfg) -> None:

@@ -27,11 +27,15 @@ def train_cmd(
     eps_d: Optional[str] = typer.Option(None, help="Bound of the defensive perturbation, e.g. 16/255."),
     width: Optional[int] = typer.Option(None, help="ANSM hidden channels."),
     taps: Optional[str] = typer.Option(None, help="Comma-separated localizer layers for FFA (default: the model's)."),
+    ffa_weight: Optional[float] = typer.Option(None, help="Weight of FFA in stage 1 (0 with --ffa-pixel: pixel alignment only)."),
+    ffa_pixel: Optional[float] = typer.Option(None, help="Weight of a pixel term (L1 to x_o, in 1/255 units) in stage 1."),
     ffa_alpha: Optional[float] = typer.Option(None, help="FFA smoothing alpha."),
     ffa_reduction: Optional[str] = typer.Option(None, help="FFA over channels: mean (1/N) or sum."),
     mgr_lambda: Optional[float] = typer.Option(None, help="MgR weight of the defended-original term."),
     mgr_dice: Optional[float] = typer.Option(None, help="MgR Dice weight (0: BCE only)."),
     mgr_ffa: Optional[float] = typer.Option(None, help="Weight of an FFA term kept in stage 2."),
+    mgr_pixel: Optional[float] = typer.Option(None, help="Weight of the pixel term in stage 2."),
+    stage2_lr: Optional[float] = typer.Option(None, help="Peak learning rate of stage 2 (default: --lr)."),
     attacks: Optional[str] = typer.Option(None, help="Online attack mix, comma-separated (fgsm, pgd, bim, mifgsm)."),
     objectives: Optional[str] = typer.Option(None, help="Online objectives, comma-separated (untargeted, hide)."),
     eps_min: Optional[str] = typer.Option(None, help="Smallest online attack budget, e.g. 4/255."),
@@ -55,7 +59,8 @@ def train_cmd(
     from ansm.utils import seed_everything
 
     overrides = {"stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "batch_size": batch_size, "lr": lr,
-                 "eps_d": eps_d, "width": width, "taps": _split(taps), "ffa_alpha": ffa_alpha,
+                 "stage2_lr": stage2_lr, "eps_d": eps_d, "width": width, "taps": _split(taps), "ffa_weight": ffa_weight,
+                 "ffa_pixel": ffa_pixel, "ffa_alpha": ffa_alpha, "mgr_pixel": mgr_pixel,
                  "ffa_reduction": ffa_reduction, "mgr_lambda": mgr_lambda, "mgr_dice": mgr_dice, "mgr_ffa": mgr_ffa,
                  "attacks": _split(attacks), "objectives": _split(objectives), "eps_min": eps_min, "eps_max": eps_max,
                  "pgd_steps": pgd_steps, "adv_data": [str(p) for p in adv_data] if adv_data else None,
@@ -75,7 +80,7 @@ def train_cmd(
                                 on_step=lambda step, stage, loss: bar.update(
                                     task, completed=step + 1, description=f"stage {stage} loss {loss:.4f}"))
     if main:
-        typer.echo(f"trained ANSM in {summary['train_s']:.0f} s ({cfg.stage1_steps} FFA + {cfg.stage2_steps} MgR steps, "
+        typer.echo(f"trained ANSM in {summary['train_s']:.0f} s ({cfg.stage1_steps} stage-1 + {cfg.stage2_steps} stage-2 steps, "
                    f"{summary['world_size']} process(es), resumed from {summary['resumed_from']}); taps "
                    f"{', '.join(summary['taps'])}")
         typer.echo(f"checkpoint: {out / 'ansm'}  (stage 1 only: {out / 'ansm_stage1'})")

@@ -55,9 +55,9 @@ ONLINE_ATTACKS = ("fgsm", "pgd", "bim", "mifgsm")
 # for the benchmark: "pixel" (pixel-guided denoiser) and "feature" (HGD-style L1 on the tapped features).
 LOSSES = ("ansm", "pixel", "feature")
 # Settings that define the result: a resume with any of them changed is refused.
-_RESUME_KEYS = ("loss", "localizer", "seed", "stage1_steps", "stage2_steps", "batch_size", "crop", "lr", "eps_d", "width",
-                "dilations", "norm", "taps", "ffa_alpha", "ffa_reduction", "mgr_lambda", "mgr_dice", "mgr_ffa", "attacks",
-                "objectives", "mgr_pixel", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source")
+_RESUME_KEYS = ("loss", "localizer", "seed", "stage1_steps", "stage2_steps", "batch_size", "crop", "lr", "stage2_lr", "eps_d",
+                "width", "dilations", "norm", "taps", "ffa_weight", "ffa_alpha", "ffa_reduction", "mgr_lambda", "mgr_dice", "mgr_ffa", "attacks",
+                "objectives", "mgr_pixel", "ffa_pixel", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source")
 
 
 @dataclass
@@ -73,18 +73,21 @@ class TrainANSMConfig:
     batch_size: int = 16  # global batch (split over DDP ranks)
     crop: int | None = 64  # random training crops (ANSM is fully convolutional); None = whole images
     lr: float = 5e-3
+    stage2_lr: float | None = None  # peak lr of stage 2 (None: lr); lower it to fine-tune what stage 1 learned
     warmup: int = 10
     eps_d: float = 16 / 255
     width: int = 16
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4])
     norm: str = "none"  # "group": GroupNorm inside ANSM (see ansm_net.py)
     taps: list[str] | None = None  # None: the localizer's default_taps
+    ffa_weight: float = 1.0  # weight of FFA in stage 1 (0 with ffa_pixel > 0: stage 1 aligns pixels only)
     ffa_alpha: float = 1e-6
     ffa_reduction: str = "mean"
     mgr_lambda: float = 1.0
     mgr_dice: float = 0.0
     mgr_ffa: float = 0.0  # weight of an FFA term kept in stage 2
     mgr_pixel: float = 0.0  # weight of a pixel term in stage 2: L1(ANSM(x_a), x_o) + L1(ANSM(x_o), x_o), in 1/255 units
+    ffa_pixel: float = 0.0  # the same pixel term, kept beside FFA in stage 1 (see docs/ansm.md, "Pixel alignment")
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
     objectives: list[str] = field(default_factory=lambda: ["untargeted"])
     eps_min: float = 4 / 255
@@ -122,8 +125,13 @@ class TrainANSMConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 < self.eps_d <= 1 or self.eps_min > self.eps_max:
             raise ConfigError(f"need 0 < eps_d <= 1 and eps_min <= eps_max (got {self.eps_d}, {self.eps_min}, {self.eps_max})")
-        if self.mgr_pixel < 0:
-            raise ConfigError(f"mgr_pixel must be >= 0, got {self.mgr_pixel}")
+        for name in ("mgr_pixel", "ffa_pixel", "ffa_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.stage1_steps and self.loss == "ansm" and self.ffa_weight == 0 and self.ffa_pixel == 0:
+            raise ConfigError("stage 1 has no loss: ffa_weight and ffa_pixel are both 0")
+        if self.stage2_lr is not None and not self.stage2_lr > 0:
+            raise ConfigError(f"stage2_lr must be > 0, got {self.stage2_lr}")
         if self.ffa_reduction not in REDUCTIONS:
             raise ConfigError(f"ffa_reduction must be one of {', '.join(REDUCTIONS)}, got {self.ffa_reduction!r}")
         bad = sorted(set(self.attacks) - set(ONLINE_ATTACKS))
@@ -149,14 +157,17 @@ def stage_of(step: int, cfg: TrainANSMConfig) -> int:
 
 
 def lr_at(step: int, cfg: TrainANSMConfig) -> float:
-    """Per stage: linear warm-up, then cosine decay to 5% (each stage restarts the schedule)."""
-    start, length = (0, cfg.stage1_steps) if stage_of(step, cfg) == 1 else (cfg.stage1_steps, cfg.stage2_steps)
+    """Per stage: linear warm-up, then cosine decay to 5% (each stage restarts the schedule, stage 2 from
+    ``stage2_lr`` when set)."""
+    stage = stage_of(step, cfg)
+    start, length = (0, cfg.stage1_steps) if stage == 1 else (cfg.stage1_steps, cfg.stage2_steps)
+    peak = cfg.stage2_lr if stage == 2 and cfg.stage2_lr is not None else cfg.lr
     t = step - start
     warm = min(cfg.warmup, max(1, length // 5))
     if t < warm:
-        return cfg.lr * (t + 1) / warm
+        return peak * (t + 1) / warm
     progress = (t - warm) / max(1, length - warm)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @dataclass
@@ -176,7 +187,12 @@ def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.
     if use_offline:
         idx = torch.randint(len(adv), (cfg.batch_size,), generator=g)
         x_o, x_a, m = random_crops([adv.originals[idx], adv.adversarial[idx], adv.masks[idx]], cfg.crop, g)
-        x_o, x_a, m = (t[lo:hi].to(ctx.device).float() for t in (x_o, x_a, m))
+        # the same flip/rotation for the whole triple: the pair stays an image and its exact attack noise, so a
+        # small attack set yields 8 times as many (image, noise) layouts to learn to suppress
+        k = int(torch.randint(4, (1,), generator=g))
+        flip = torch.rand(1, generator=g).item() < 0.5
+        x_o, x_a, m = (t.flip(-1) if flip else t for t in (x_o, x_a, m))
+        x_o, x_a, m = (t[lo:hi].rot90(k, dims=(-2, -1)).to(ctx.device).float() for t in (x_o, x_a, m))
         return Batch(x_o / 255, x_a / 255, m, "offline")
     idx = torch.randint(len(pool), (cfg.batch_size,), generator=g)
     x_o, m = random_crops([pool.images[idx], pool.masks[idx]], cfg.crop, g)
@@ -200,12 +216,14 @@ def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.
 
 def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int, taps: list[str],
                 cfg: TrainANSMConfig) -> torch.Tensor:
-    """Stage 1: FFA(V(ANSM(x_a)), V(x_o)). Stage 2: MgR dual-mask loss (+ optional FFA term).
+    """Stage 1: FFA(V(ANSM(x_a)), V(x_o)) (+ optional pixel term). Stage 2: MgR dual-mask loss (+ optional FFA and
+    pixel terms).
 
     With ``cfg.loss`` "pixel" or "feature" the single stage trains a baseline denoiser instead (see losses.py)."""
     if cfg.loss != "ansm":
         return _baseline_loss(ansm, localizer, batch, taps, cfg.loss)
-    need_ffa = stage == 1 or cfg.mgr_ffa > 0
+    ffa_weight = cfg.ffa_weight if stage == 1 else cfg.mgr_ffa
+    need_ffa = ffa_weight > 0
     feats_o: dict[str, torch.Tensor] = {}
     if need_ffa:
         with torch.no_grad(), FeatureTaps(localizer, taps) as t:
@@ -214,20 +232,23 @@ def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int,
     b = batch.x_a.shape[0]
     # stage 2 needs x_po too: one pass over [x_a; x_o] (ANSM and V treat images independently, so this equals two
     # passes, and it keeps DistributedDataParallel to one forward per backward)
-    inputs = batch.x_a if stage == 1 else torch.cat([batch.x_a, batch.x_o])
-    defended = ansm(inputs)
-    tapper = FeatureTaps(localizer, taps) if need_ffa else None
-    with tapper or contextlib.nullcontext():
-        logits = localizer(defended)
-    feats = {k: v[:b] for k, v in tapper.features.items()} if tapper else {}
-    if stage == 1:
-        return ffa_loss(feats, feats_o, cfg.ffa_alpha, cfg.ffa_reduction)
-    loss = mgr_loss(logits[:b], logits[b:], batch.mask, cfg.mgr_lambda, cfg.mgr_dice)
-    if cfg.mgr_ffa > 0:
-        loss = loss + cfg.mgr_ffa * ffa_loss(feats, feats_o, cfg.ffa_alpha, cfg.ffa_reduction)
-    if cfg.mgr_pixel > 0:
-        loss = loss + cfg.mgr_pixel * 255 * pixel_denoiser_loss(defended[:b], defended[b:], batch.x_o)
-    return loss
+    # (stage 1's pixel term needs ANSM(x_o) as well, but not V(ANSM(x_o)): the localizer sees only the first half)
+    pixel_weight = cfg.ffa_pixel if stage == 1 else cfg.mgr_pixel
+    both = stage == 2 or pixel_weight > 0
+    defended = ansm(torch.cat([batch.x_a, batch.x_o]) if both else batch.x_a)
+    pixel = (pixel_weight * 255 * pixel_denoiser_loss(defended[:b], defended[b:], batch.x_o) if pixel_weight > 0
+             else None)
+    terms = [] if pixel is None else [pixel]
+    if stage == 2 or need_ffa:  # (stage 1 with ffa_weight 0 aligns pixels only and never runs the localizer)
+        tapper = FeatureTaps(localizer, taps) if need_ffa else None
+        with tapper or contextlib.nullcontext():
+            logits = localizer(defended if stage == 2 else defended[:b])
+        if tapper:
+            feats = {k: v[:b] for k, v in tapper.features.items()}
+            terms.append(ffa_weight * ffa_loss(feats, feats_o, cfg.ffa_alpha, cfg.ffa_reduction))
+        if stage == 2:
+            terms.append(mgr_loss(logits[:b], logits[b:], batch.mask, cfg.mgr_lambda, cfg.mgr_dice))
+    return torch.stack(terms).sum()
 
 
 def _baseline_loss(ansm: nn.Module, localizer: nn.Module, batch: Batch, taps: list[str], kind: str) -> torch.Tensor:
@@ -291,7 +312,8 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {ctx.world_size} processes")
         localizer = freeze(localizer if localizer is not None else resolve_localizer(cfg.localizer)).to(ctx.device)
         taps = list(cfg.taps) if cfg.taps is not None else list(getattr(localizer, "default_taps", ()))
-        if not taps and (cfg.loss == "feature" or cfg.stage1_steps + (cfg.stage2_steps if cfg.mgr_ffa > 0 else 0) > 0):
+        uses_ffa = cfg.loss == "ansm" and ((cfg.stage1_steps and cfg.ffa_weight > 0) or (cfg.stage2_steps and cfg.mgr_ffa > 0))
+        if not taps and (cfg.loss == "feature" or uses_ffa):
             raise ConfigError("FFA needs layers to tap: the localizer has no default_taps, pass taps")
         if taps:
             resolve_layers(localizer, taps)
