@@ -85,15 +85,6 @@ def _train_localizer(out: Path, cfg: BenchmarkConfig, arch: str, step: Step, lab
     return model
 
 
-def _ansm_steps(cfg: BenchmarkConfig) -> tuple[int, int]:
-    from ansm.demo import DemoConfig
-
-    demo = DemoConfig()
-    s1 = demo.stage1_steps if cfg.ansm_stage1_steps is None else cfg.ansm_stage1_steps
-    s2 = demo.stage2_steps if cfg.ansm_stage2_steps is None else cfg.ansm_stage2_steps
-    return s1, s2
-
-
 def _train_preprocessor(out: Path, cfg: BenchmarkConfig, localizer_path: str, localizer: nn.Module, seed: int,
                         loss: str, step: Step, label: str) -> nn.Module:
     from ansm.defense.ansm_net import load_ansm
@@ -101,7 +92,7 @@ def _train_preprocessor(out: Path, cfg: BenchmarkConfig, localizer_path: str, lo
 
     if (out / "ansm.json").is_file():
         return load_ansm(out / "ansm")[0]
-    s1, s2 = _ansm_steps(cfg)
+    s1, s2 = cfg.ansm_stage1_steps, cfg.ansm_stage2_steps
     # The baselines get ANSM's network and its whole step budget, in one stage (their loss has no stage 1).
     stage1, stage2 = (s1, s2) if loss == "ansm" else (0, s1 + s2)
     tcfg = TrainANSMConfig(localizer=localizer_path, out=str(out), loss=loss, seed=seed, stage1_steps=stage1,
