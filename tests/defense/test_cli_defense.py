@@ -61,7 +61,7 @@ def test_miniature_demo_report(tmp_path: Path) -> None:
     from ansm.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=str(tmp_path / "demo"), size=32, loc_steps=3, loc_pool=8, loc_batch=4, attack_n=3,
-                     stage1_steps=1, stage2_steps=1, ansm_batch=2, test_n=4, adaptive_n=2,
+                     stage1_steps=1, stage2_steps=1, ablation_stage2_steps=1, ansm_batch=2, test_n=4, adaptive_n=2,
                      shared="none", examples=2)
     report = run_demo(cfg, log=lambda _m: None)
     on_disk = json.loads((tmp_path / "demo" / "report.json").read_text())
