@@ -19,8 +19,8 @@ def demo_cmd(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
 ) -> None:
     """Synthesize forgeries, train the localizer, build PGD and FGSM attack sets, train ANSM (stage 1 alignment,
-    stage 2 MgR, plus the stage-2-only ablation), evaluate against PGD and FGSM on held-out images (and ../shared/data when present),
-    and write <out>/report.md, <out>/report.json and <out>/figure.png."""
+    stage 2 MgR, plus the stage-2-only ablation), evaluate against PGD and FGSM on held-out images (and
+    ../shared/data when present), and write <out>/report.md, <out>/report.json and <out>/figure.png."""
     from ansm.demo import DemoConfig, run_demo
     from ansm.utils import resolve_device
 

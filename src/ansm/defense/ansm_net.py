@@ -122,7 +122,7 @@ class ANSM(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise DataError(f"ANSM expects images Bx3xHxW, got {tuple(x.shape)}")
         # channels-last activations: the same numbers (up to rounding), ~1.4x faster training steps on a CPU
-        # (bench: 0.075 vs 0.110 s for a 32x3x64x64 forward+backward on 2 cores)
+        # (bench/training_step.py: a pixel-alignment step 69 vs 96 ms on 2 cores)
         x = x.contiguous(memory_format=torch.channels_last)
         return (x + self.perturbation(x)).clamp(0, 1)
 

@@ -87,7 +87,7 @@ class TrainANSMConfig:
     mgr_dice: float = 0.0
     mgr_ffa: float = 0.0  # weight of an FFA term kept in stage 2
     mgr_pixel: float = 0.0  # weight of a pixel term in stage 2: L1(ANSM(x_a), x_o) + L1(ANSM(x_o), x_o), in 1/255 units
-    ffa_pixel: float = 0.0  # the same pixel term, kept beside FFA in stage 1 (see docs/ansm.md, "Pixel alignment")
+    ffa_pixel: float = 0.0  # the same pixel term, kept beside FFA in stage 1 (docs/ansm.md, "What stage 1 aligns")
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
     objectives: list[str] = field(default_factory=lambda: ["untargeted"])
     eps_min: float = 4 / 255
