@@ -144,7 +144,7 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
     # 2. anti-forensics sets (PGD and FGSM 8/255 on training images, the pool ANSM trains on) -------------------
     t = time.perf_counter()
     train_items = SyntheticForgeries(cfg.attack_n, seed=cfg.seed, split="train", size=cfg.size)
-    adv_dirs, n_built = [], {}
+    attack_sets: list[dict[str, Any]] = []
     for name, params in (("pgd", _pgd()), ("fgsm", {"eps": 8 / 255})):
         adv_dir = out / f"attack-{name}"
         advance = step(f"building attack set ({name.upper()})", cfg.attack_n)
@@ -152,8 +152,8 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
                                           seed=cfg.seed, describe={"data": f"synthetic-train:{cfg.attack_n}",
                                                                    "model": loc_path, "size": cfg.size},
                                           on_item=lambda _i, _d: advance(1), batch_size=16)
-        adv_dirs.append(str(adv_dir))
-        n_built[str(adv_dir)] = built.n_images
+        attack_sets.append({"path": str(adv_dir), "n_images": built.n_images})
+    adv_dirs = [a["path"] for a in attack_sets]
     timings["attack_set_s"] = time.perf_counter() - t
     log(f"attack sets ready ({timings['attack_set_s']:.0f} s): {', '.join(adv_dirs)}")
 
@@ -225,7 +225,7 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
         report["attacks"][name] = row
     report["shared"] = {"note": shared_note, "datasets": shared}
     report["cost"] = {"ansm_params": count_parameters(ansm), "localizer_params": count_parameters(localizer)}
-    report["attack_sets"] = [{"path": p, "n_images": n} for p, n in n_built.items()]
+    report["attack_sets"] = attack_sets
     report["config"] = asdict(cfg)
     report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     report["runtime_s"] = round(time.perf_counter() - t_start, 1)

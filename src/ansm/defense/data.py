@@ -124,3 +124,11 @@ def random_crops(tensors: Sequence[torch.Tensor], crop: int | None, generator: t
     xs = torch.randint(w - crop + 1, (n,), generator=generator)
     return [torch.stack([t[i, :, y:y + crop, x:x + crop] for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist()))])
             for t in tensors]
+
+
+def random_flip_rot90(tensors: Sequence[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """One random horizontal flip and quarter turn, the same for every tensor (N x C x H x W each): an image, its
+    attacked copy and its mask stay aligned, and a small pool yields 8 layouts of each image."""
+    k = int(torch.randint(4, (1,), generator=generator))
+    flip = torch.rand(1, generator=generator).item() < 0.5
+    return [(t.flip(-1) if flip else t).rot90(k, dims=(-2, -1)) for t in tensors]

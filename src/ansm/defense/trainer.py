@@ -43,7 +43,8 @@ from ansm.checkpoint import (
     save_checkpoint,
 )
 from ansm.defense.ansm_net import ANSM, save_ansm
-from ansm.defense.data import AdversarialPool, Pool, load_adversarial_pool, random_crops, render_clean_pool
+from ansm.defense.data import (AdversarialPool, Pool, load_adversarial_pool, random_crops, random_flip_rot90,
+                               render_clean_pool)
 from ansm.defense.ddp import DistContext, all_reduce_mean, barrier, setup_distributed, teardown
 from ansm.defense.losses import REDUCTIONS, feature_l1_loss, ffa_loss, mgr_loss, pixel_denoiser_loss
 from ansm.errors import CheckpointError, ConfigError
@@ -186,20 +187,13 @@ def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.
     use_offline = adv is not None and torch.rand(1, generator=g).item() < cfg.adv_fraction
     if use_offline:
         idx = torch.randint(len(adv), (cfg.batch_size,), generator=g)
-        x_o, x_a, m = random_crops([adv.originals[idx], adv.adversarial[idx], adv.masks[idx]], cfg.crop, g)
-        # the same flip/rotation for the whole triple: the pair stays an image and its exact attack noise, so a
-        # small attack set yields 8 times as many (image, noise) layouts to learn to suppress
-        k = int(torch.randint(4, (1,), generator=g))
-        flip = torch.rand(1, generator=g).item() < 0.5
-        x_o, x_a, m = (t.flip(-1) if flip else t for t in (x_o, x_a, m))
-        x_o, x_a, m = (t[lo:hi].rot90(k, dims=(-2, -1)).to(ctx.device).float() for t in (x_o, x_a, m))
+        triple = random_crops([adv.originals[idx], adv.adversarial[idx], adv.masks[idx]], cfg.crop, g)
+        # the whole triple turns together: the pair stays an image and its exact attack noise
+        x_o, x_a, m = (t[lo:hi].to(ctx.device).float() for t in random_flip_rot90(triple, g))
         return Batch(x_o / 255, x_a / 255, m, "offline")
     idx = torch.randint(len(pool), (cfg.batch_size,), generator=g)
     x_o, m = random_crops([pool.images[idx], pool.masks[idx]], cfg.crop, g)
-    k = int(torch.randint(4, (1,), generator=g))  # clean images may be flipped/rotated before the attack
-    flip = torch.rand(1, generator=g).item() < 0.5
-    x_o, m = (t.flip(-1) if flip else t for t in (x_o, m))
-    x_o, m = (t.rot90(k, dims=(-2, -1)) for t in (x_o, m))
+    x_o, m = random_flip_rot90([x_o, m], g)  # clean images are flipped/rotated before the attack
     name = cfg.attacks[int(torch.randint(len(cfg.attacks), (1,), generator=g))]
     objective = cfg.objectives[int(torch.randint(len(cfg.objectives), (1,), generator=g))]
     eps = cfg.eps_min + (cfg.eps_max - cfg.eps_min) * torch.rand(1, generator=g).item()
