@@ -38,7 +38,7 @@ def test_synth_then_evaluate_writes_json(tmp_path: Path, trained_localizer_path:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["synth", "--out", "x", "--split", "val"], "--split must be train or test"),
+    (["synth", "--out", "x", "--split", "dev"], "--split must be train, val or test"),
     (["evaluate", "--model", "no-such-model", "--data", "synthetic:2"], "no-such-model"),
     (["evaluate", "--model", "twostream", "--data", "/nonexistent"], "not found"),
     (["train-localizer", "--steps", "0"], "steps must be >= 1"),

@@ -14,7 +14,7 @@ from ansm.cli.app import command, console, progress
 def synth_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-run to resume)."),
     n: int = typer.Option(200, "--n", "-n", help="Number of samples (forgeries plus authentic negatives)."),
-    split: str = typer.Option("train", help="train or test: disjoint source photos, so test is held-out."),
+    split: str = typer.Option("train", help="train, val or test: disjoint photos and scenes (choose on val, report test once)."),
     seed: int = typer.Option(0, help="Sample i is a pure function of (seed, split, i)."),
     size: int = typer.Option(128, help="Side of the square images, in pixels."),
     source: Optional[Path] = typer.Option(None, help="Folder of authentic photos (default: scikit-image's bundled ones)."),
@@ -27,8 +27,8 @@ def synth_cmd(
     from ansm.data.synth import synthesize_folder
     from ansm.errors import ConfigError
 
-    if split not in ("train", "test"):
-        raise ConfigError(f"--split must be train or test, got {split!r}")
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split must be train, val or test, got {split!r}")
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     with progress() as bar:

@@ -1,7 +1,8 @@
 """Where authentic photos come from: the photos bundled with scikit-image (offline, the default) or a folder.
 
-Train and test splits use *different photos*, so "held-out" really means unseen content, not just new
-crops of the same scenes.
+Train, val and test splits use *different photos of different scenes*, so "held-out" really means unseen
+content, not new crops (or another view) of a scene seen in training. Every choice (recipes, step counts,
+checkpoints) is made on ``val``; ``test`` is reported once.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import numpy as np
 from ansm.data.io import IMAGE_EXTENSIONS, read_image, tensor_to_uint8
 from ansm.errors import DataError
 
-# Natural photographs shipped inside the scikit-image wheel (no download). Synthetic drawings are left out.
-SKIMAGE_TRAIN = (
-    "astronaut", "cat", "chelsea", "rocket", "retina", "immunohistochemistry", "hubble_deep_field",
-    "moon", "coins", "clock", "grass", "brick", "cell", "stereo_motorcycle:0",
-)
-SKIMAGE_TEST = ("coffee", "camera", "gravel", "stereo_motorcycle:1", "page")
+# Natural photographs shipped inside the scikit-image wheel (no download). Synthetic drawings are left out, and so
+# is ``cat`` (the same array as ``chelsea``). The two views of ``stereo_motorcycle`` are one scene, so both sit in
+# train. 19 photos of 18 scenes: train 12 photos (11 scenes), val 3, test 4; no photo or scene crosses splits
+# (tests/data/test_sources.py checks it).
+SKIMAGE_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("astronaut", "chelsea", "rocket", "retina", "immunohistochemistry", "hubble_deep_field", "moon",
+              "clock", "grass", "cell", "stereo_motorcycle:0", "stereo_motorcycle:1"),
+    "val": ("text", "brick", "coins"),
+    "test": ("coffee", "camera", "gravel", "page"),
+}
+SPLITS = tuple(SKIMAGE_SPLITS)
 
 
 def _load_skimage(name: str) -> np.ndarray:
@@ -41,23 +47,27 @@ def _load_skimage(name: str) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def skimage_photos(split: str) -> tuple[np.ndarray, ...]:
     """The bundled photos of one split, as HxWx3 uint8 arrays."""
-    names = {"train": SKIMAGE_TRAIN, "test": SKIMAGE_TEST}.get(split)
+    names = SKIMAGE_SPLITS.get(split)
     if names is None:
-        raise DataError(f"unknown split {split!r} (use 'train' or 'test')")
+        raise DataError(f"unknown split {split!r} (use one of {', '.join(SPLITS)})")
     return tuple(_load_skimage(n) for n in names)
 
 
 @functools.lru_cache(maxsize=4)
-def folder_photos(folder: str, split: str, test_fraction: float = 0.2) -> tuple[np.ndarray, ...]:
-    """Photos from a user folder, split deterministically by sorted file name (every 1/test_fraction-th is test)."""
+def folder_photos(folder: str, split: str) -> tuple[np.ndarray, ...]:
+    """Photos from a user folder, split deterministically by sorted file name: of every 5 files the first is
+    test, the second val, the other three train. A folder cannot tell us which photos show one scene: keep a
+    scene's photos in one split yourself (e.g. one folder per split) if that matters."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} (use one of {', '.join(SPLITS)})")
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root}: authentic image folder not found")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if len(files) < 2:
-        raise DataError(f"{root}: need at least 2 images, found {len(files)}")
-    period = max(2, round(1 / test_fraction))
-    chosen = [f for i, f in enumerate(files) if (i % period == 0) == (split == "test")]
+    if len(files) < 3:
+        raise DataError(f"{root}: need at least 3 images (one per split), found {len(files)}")
+    slot = {"test": (0,), "val": (1,), "train": (2, 3, 4)}[split]
+    chosen = [f for i, f in enumerate(files) if i % 5 in slot]
     return tuple(tensor_to_uint8(read_image(f)) for f in chosen)
 
 

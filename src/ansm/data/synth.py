@@ -37,7 +37,7 @@ from ansm.errors import ConfigError
 from ansm.utils import atomic_path, write_json_atomic
 
 KINDS = ("splice", "copymove", "removal", "authentic")
-_SPLIT_CODE = {"train": 0, "test": 1}
+_SPLIT_CODE = {"train": 0, "test": 1, "val": 2}  # seeds the per-sample generator; old codes kept
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def render_forgery(index: int, seed: int = 0, split: str = "train", cfg: SynthCo
                    source: str | os.PathLike | None = None) -> RenderedForgery:
     """Generate sample ``index`` of a split, deterministically."""
     if split not in _SPLIT_CODE:
-        raise ConfigError(f"unknown split {split!r} (use 'train' or 'test')")
+        raise ConfigError(f"unknown split {split!r} (use train, val or test)")
     pool = photos(source, split)
     rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], int(index)])
     s = cfg.size
