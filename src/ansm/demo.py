@@ -3,9 +3,13 @@
 1. synthesize training forgeries and train the built-in localizer;
 2. build two anti-forensics sets (PGD and FGSM on training images, ``ansm attack``'s builder);
 3. train ANSM from them: stage 1 alignment (pixel term, FFA weight ``align_ffa``) then stage 2 MgR (the stage-1
-   checkpoint is the stage-1-only ablation), and a stage-2-only ANSM for the other half of the ablation;
-4. evaluate on held-out synthetic images (test split: photos never used in training) against PGD L-inf and
-   FGSM at 8/255, plus a PGD that attacks through ANSM (adaptive, the honest number);
+   checkpoint is the stage-1-only ablation, stated with its smaller step count; ablations at equal budget are in
+   ``experiments/demo_val.py``);
+4. evaluate on held-out synthetic images (``eval_split``: ``test`` by default, photos and scenes never used in
+   training or in any choice, which were all made on ``val``) against the two attacks ANSM was trained on (PGD and
+   FGSM at 8/255), attacks it never saw (PGD at 4/255 and 12/255, PGD-L2, MI-FGSM, SegPGD, C&W-L2, the hide
+   objective), and a PGD that attacks through ANSM (adaptive, the honest number), each with a bootstrap 95%
+   interval over images and the false-positive rate on authentic images;
 5. apply the same ANSM to ``../shared/data`` attacked with PGD when it is present;
 6. write ``report.md``, ``report.json`` and ``figure.png`` in the output folder.
 
@@ -15,6 +19,7 @@ where it stopped; the evaluation is always recomputed (it is seeded, so it gives
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +28,9 @@ from typing import Any, Callable
 
 import torch
 
+from ansm.defense.evaluate import RECOVERY_MIN_GAP
 from ansm.errors import ConfigError
+from ansm.eval.stats import format_ci
 
 
 @dataclass
@@ -53,13 +60,10 @@ class DemoConfig:
     align_pixel: float = 1 / 8  # L1 in units of 8/255 (the attack budget)
     mgr_pixel: float = 1 / 8
     stage2_lr: float = 5e-4
-    # The stage-2-only ablation (MgR from the identity) runs half the full run's stage 2: with all 400 steps the
-    # demo took 591 s of its 10 minutes on a fresh clone. Measured with 400 steps: PGD 0.279 (recovery 0.43),
-    # FGSM 0.377 (0.36).
-    ablation_stage2_steps: int = 200
     ansm_batch: int = 16
     eps_d: float = 16 / 255
-    test_n: int = 96  # held-out synthetic test images
+    eval_split: str = "test"  # "val" for every choice (experiments/demo_val.py), "test" reported once
+    test_n: int = 96  # held-out synthetic images of eval_split
     adaptive_n: int = 32  # of those, attacked adaptively (through ANSM)
     shared: str | None = "auto"  # folder with real datasets; "auto": $ANSM_SHARED/data or ../shared/data
     shared_per_dataset: int = 8  # forged images per real dataset
@@ -68,9 +72,11 @@ class DemoConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("size", "loc_steps", "loc_pool", "attack_n", "test_n", "examples", "ablation_stage2_steps"):
+        for name in ("size", "loc_steps", "loc_pool", "attack_n", "test_n", "adaptive_n", "examples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_split not in ("val", "test"):
+            raise ConfigError(f"eval_split must be val or test, got {self.eval_split!r}")
 
 
 Step = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
@@ -82,19 +88,36 @@ Step = Callable[[str, int], Callable[[int], None]]  # (description, total) -> ad
 DEFENDED_LOCALIZER_KWARGS: dict[str, Any] = {"jpeg_grid": False}
 
 
-def _shared_root(spec: str | None) -> Path | None:
+def _shared_root(spec: str | None) -> tuple[Path, str] | None:
+    """The real-data folder and the name the report gives it: as the user wrote it (``../shared/data``), never
+    the absolute path of the machine that ran the demo."""
     if spec is None or spec == "none":
         return None
     if spec == "auto":
         env = os.environ.get("ANSM_SHARED")
-        candidates = [Path(env) / "data"] if env else []
-        candidates.append(Path.cwd().parent / "shared" / "data")
-        candidates.append(Path(__file__).resolve().parents[3] / "shared" / "data")
-        return next((c for c in candidates if c.is_dir()), None)
+        candidates = [(Path(env) / "data", "$ANSM_SHARED/data")] if env else []
+        candidates.append((Path.cwd().parent / "shared" / "data", "../shared/data"))
+        candidates.append((Path(__file__).resolve().parents[3] / "shared" / "data", "../shared/data"))
+        return next(((c, name) for c, name in candidates if c.is_dir()), None)
     p = Path(spec)
     if not p.is_dir():
         raise ConfigError(f"--shared {p}: no such folder")
-    return p
+    return p, spec
+
+
+def demo_attacks() -> list[tuple[Any, bool]]:
+    """The demo's attacks as ``(AttackSpec, seen in ANSM's training)``: the two ANSM trains on, then unseen ones
+    (other budgets, norms, optimisers, losses and objectives), then the adaptive PGD through ANSM."""
+    from ansm.defense.evaluate import AttackSpec
+
+    return [(AttackSpec("pgd", "pgd", _pgd()), True), (AttackSpec("fgsm", "fgsm", {"eps": 8 / 255}), True),
+            (AttackSpec("pgd-4/255", "pgd", _pgd(4 / 255) | {"alpha": 1 / 255}), False),
+            (AttackSpec("pgd-12/255", "pgd", _pgd(12 / 255) | {"alpha": 3 / 255}), False),
+            (AttackSpec("pgd-l2", "pgd-l2", {"eps": 1.0, "alpha": 0.2, "steps": 10}), False),
+            (AttackSpec("mifgsm", "mifgsm", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10}), False),
+            (AttackSpec("segpgd", "segpgd", _pgd()), False),
+            (AttackSpec("cw-l2", "cw-l2", {"steps": 30}), False),
+            (AttackSpec("pgd-hide", "pgd", {**_pgd(), "objective": "hide"}), False)]
 
 
 def _pgd(eps: float = 8 / 255, steps: int = 10) -> dict[str, Any]:
@@ -108,7 +131,7 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
     from ansm.data.datasets import ForgeryDataset, discover_datasets
     from ansm.data.synth import SyntheticForgeries
     from ansm.defense.ansm_net import count_parameters, load_ansm
-    from ansm.defense.evaluate import AttackSpec, evaluate_defenses
+    from ansm.defense.evaluate import RECOVERY_MIN_IMAGES, AttackSpec, evaluate_defenses
     from ansm.defense.trainer import TrainANSMConfig, train_ansm
     from ansm.models.registry import load_localizer
     from ansm.models.train import TrainLocalizerConfig, train_localizer
@@ -157,53 +180,51 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
     timings["attack_set_s"] = time.perf_counter() - t
     log(f"attack sets ready ({timings['attack_set_s']:.0f} s): {', '.join(adv_dirs)}")
 
-    # 3. ANSM: full two-stage run, and the stage-2-only ablation -----------------------------------------------
-    common = dict(localizer=loc_path, seed=cfg.seed, batch_size=cfg.ansm_batch, crop=None, eps_d=cfg.eps_d,
-                  pool=cfg.attack_n, size=cfg.size, adv_data=adv_dirs, adv_fraction=1.0, mgr_pixel=cfg.mgr_pixel,
-                  device=cfg.device)
-    runs = {"full": TrainANSMConfig(out=str(out / "ansm"), stage1_steps=cfg.stage1_steps, stage2_steps=cfg.stage2_steps,
-                                    ffa_weight=cfg.align_ffa, ffa_pixel=cfg.align_pixel, stage2_lr=cfg.stage2_lr,
-                                    **common),
-            # stage 2 alone starts from the identity, so it gets the full learning rate rather than the fine-tuning one
-            "stage2_only": TrainANSMConfig(out=str(out / "ansm-stage2only"), stage1_steps=0,
-                                           stage2_steps=cfg.ablation_stage2_steps, **common)}
-    defenses: dict[str, torch.nn.Module] = {}
-    for name, tcfg in runs.items():
-        t = time.perf_counter()
-        if (Path(tcfg.out) / "ansm.json").is_file():
-            defenses[name], _ = load_ansm(Path(tcfg.out) / "ansm")
-        else:
-            advance = step(f"training ANSM ({name.replace('_', ' ')})", tcfg.total_steps)
-            defenses[name], _ = train_ansm(tcfg, localizer, on_step=lambda s, st, l: advance(1))
-        timings[f"ansm_{name}_s"] = time.perf_counter() - t
-        log(f"ANSM ({name.replace('_', ' ')}) ready ({timings[f'ansm_{name}_s']:.0f} s): {tcfg.out}/ansm")
-    defenses["stage1_only"], _ = load_ansm(out / "ansm" / "ansm_stage1")
-    ansm = defenses["full"]
+    # 3. ANSM: the two-stage run (its stage-1 checkpoint is the stage-1-only ablation) -----------------------
+    t = time.perf_counter()
+    tcfg = TrainANSMConfig(out=str(out / "ansm"), localizer=loc_path, seed=cfg.seed, batch_size=cfg.ansm_batch,
+                           crop=None, eps_d=cfg.eps_d, pool=cfg.attack_n, size=cfg.size, adv_data=adv_dirs,
+                           adv_fraction=1.0, stage1_steps=cfg.stage1_steps, stage2_steps=cfg.stage2_steps,
+                           ffa_weight=cfg.align_ffa, ffa_pixel=cfg.align_pixel, mgr_pixel=cfg.mgr_pixel,
+                           stage2_lr=cfg.stage2_lr, device=cfg.device)
+    if (out / "ansm" / "ansm.json").is_file():
+        ansm, _ = load_ansm(out / "ansm" / "ansm")
+    else:
+        advance = step("training ANSM", tcfg.total_steps)
+        ansm, _ = train_ansm(tcfg, localizer, on_step=lambda s, st, l: advance(1))
+    defenses: dict[str, torch.nn.Module] = {"full": ansm, "stage1_only": load_ansm(out / "ansm" / "ansm_stage1")[0]}
+    timings["ansm_s"] = time.perf_counter() - t
+    log(f"ANSM ready ({timings['ansm_s']:.0f} s): {tcfg.out}/ansm")
 
     # 4. held-out synthetic evaluation -----------------------------------------------------------------------
     t = time.perf_counter()
-    test = SyntheticForgeries(cfg.test_n, seed=0, split="test", size=cfg.size)
-    attacks = [AttackSpec("pgd", "pgd", _pgd()), AttackSpec("fgsm", "fgsm", {"eps": 8 / 255}),
-               AttackSpec("pgd-hide", "pgd", {**_pgd(), "objective": "hide"})]
-    advance = step("evaluating (held-out synthetic)", cfg.test_n)
-    synth = evaluate_defenses(localizer, test, attacks, defenses, device=cfg.device, seed=cfg.seed,
-                              on_item=advance, keep=cfg.examples)
-    adaptive_set = SyntheticForgeries(cfg.adaptive_n, seed=0, split="test", size=cfg.size)
+    test = SyntheticForgeries(cfg.test_n, seed=0, split=cfg.eval_split, size=cfg.size)
+    specs = demo_attacks()
+    seen = {spec.name: trained for spec, trained in specs}
+    advance = step(f"evaluating ({cfg.eval_split} split, {len(specs)} attacks)", cfg.test_n)
+    synth = evaluate_defenses(localizer, test, [spec for spec, _ in specs], defenses, device=cfg.device,
+                              seed=cfg.seed, on_item=advance, keep=cfg.examples)
+    adaptive_set = SyntheticForgeries(cfg.adaptive_n, seed=0, split=cfg.eval_split, size=cfg.size)
     advance = step("evaluating adaptive PGD (through ANSM)", cfg.adaptive_n)
-    adaptive = evaluate_defenses(localizer, adaptive_set, [AttackSpec("pgd-adaptive", "pgd", _pgd(), adaptive="full")],
+    # the same PGD on the bare localizer is the adaptive row's recovery reference, on the same images
+    adaptive = evaluate_defenses(localizer, adaptive_set, [AttackSpec("pgd", "pgd", _pgd()),
+                                                           AttackSpec("pgd-adaptive", "pgd", _pgd(), adaptive="full",
+                                                                      reference="pgd")],
                                  {"full": ansm}, device=cfg.device, seed=cfg.seed, on_item=advance)
     timings["eval_synthetic_s"] = time.perf_counter() - t
     log(f"held-out evaluation done ({timings['eval_synthetic_s']:.0f} s)")
 
     # 5. real images -------------------------------------------------------------------------------------------
     t = time.perf_counter()
-    shared_root = _shared_root(cfg.shared)
+    found = _shared_root(cfg.shared)
     shared: dict[str, Any] = {}
-    if shared_root is None:
+    if found is None:
         shared_note = "skipped: no ../shared/data (or $ANSM_SHARED/data) next to the repository"
     else:
-        shared_note = (f"{shared_root}: first {cfg.shared_per_dataset} forged images of each dataset, longer side "
-                       f"downscaled to {cfg.shared_max_side}, PGD L-inf 8/255 10 steps on the bare localizer")
+        shared_root, shared_name = found
+        shared_note = (f"`{shared_name}`: first {cfg.shared_per_dataset} forged images of each dataset, longer side "
+                       f"downscaled to {cfg.shared_max_side}, PGD L-inf 8/255 10 steps on the bare localizer; recovery "
+                       f"is not given for fewer than {RECOVERY_MIN_IMAGES} images")
         for dname, ds in discover_datasets(shared_root, max_side=cfg.shared_max_side).items():
             recs = [r for r in ds.records if r.mask is not None][: cfg.shared_per_dataset]
             if not recs:
@@ -217,12 +238,18 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
 
     # 6. report ------------------------------------------------------------------------------------------------
     report: dict[str, Any] = {"attacks": {}, "heldout": {"n_images": synth["n_images"], "n_forged": synth["n_forged"],
-                                                         "size": cfg.size, "split": "test", "metric": "F1@0.5, mean over forged images"}}
-    for name, entry in {**synth["attacks"], **adaptive["attacks"]}.items():
+                                                         "n_authentic": synth["n_images"] - synth["n_forged"],
+                                                         "size": cfg.size, "split": cfg.eval_split,
+                                                         "metric": "F1@0.5, mean over forged images"}}
+    for name, entry in synth["attacks"].items():
         row = _flat(entry)
-        row["ablation"] = {d: entry["defenses"][d] for d in ("stage1_only", "stage2_only") if d in entry["defenses"]}
-        row["n_images"] = synth["n_images"] if name in synth["attacks"] else adaptive["n_images"]
+        row["seen_in_training"] = seen[name]
+        row["ablation"] = {"stage1_only": entry["defenses"]["stage1_only"]}
+        row["n_images"], row["n_forged"] = synth["n_images"], synth["n_forged"]
         report["attacks"][name] = row
+    row = _flat(adaptive["attacks"]["pgd-adaptive"])
+    row.update(seen_in_training=False, ablation={}, n_images=adaptive["n_images"], n_forged=adaptive["n_forged"])
+    report["attacks"]["pgd-adaptive"] = row
     report["shared"] = {"note": shared_note, "datasets": shared}
     report["cost"] = {"ansm_params": count_parameters(ansm), "localizer_params": count_parameters(localizer)}
     report["attack_sets"] = attack_sets
@@ -231,7 +258,7 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
     report["runtime_s"] = round(time.perf_counter() - t_start, 1)
     figure = out / "figure.png"
     _figure(synth["examples"], figure)
-    report["figure"] = str(figure)
+    report["figure"] = figure.name
     write_json_atomic(out / "report.json", report)
     from ansm.utils import write_text_atomic
 
@@ -243,40 +270,55 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
 def _flat(entry: dict[str, Any]) -> dict[str, Any]:
     full = entry["defenses"]["full"]
     return {"f1_clean": entry["f1_clean"], "f1_adv": entry["f1_adv"], "f1_def": full["f1_def"],
-            "f1_clean_def": full["f1_clean_def"], "recovery": full["recovery"], "attack": entry["attack"],
+            "f1_def_ci": full["f1_def_ci"], "f1_clean_def": full["f1_clean_def"], "recovery": full["recovery"],
+            "f1_ref": entry["f1_ref"], "fp_clean": entry["fp_clean"], "fp_adv": entry["fp_adv"],
+            "fp_def": full["fp_def"], "fp_clean_def": full["fp_clean_def"], "attack": entry["attack"],
             "params": entry["params"], "adaptive_to": entry["adaptive_to"]}
 
 
 def _fmt(v: Any) -> str:
-    return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(r: dict[str, Any]) -> str:
+    """The held-out table (also the README's demo section): one row per attack, seen ones first."""
+    lines = ["| attack | seen in training | f1_clean | f1_adv | f1_def [95% CI] | f1_clean_def | recovery | "
+             "stage-1-only f1_def | authentic FP: attacked / defended |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, a in r["attacks"].items():
+        s1 = a["ablation"].get("stage1_only")
+        label = f"{name} (through ANSM, {a['n_images']} images)" if a.get("adaptive_to") else name
+        adv = "n/a (crafted through ANSM)" if a.get("adaptive_to") else _fmt(a["f1_adv"])
+        lines.append(f"| {label} | {'yes' if a['seen_in_training'] else 'no'} | {_fmt(a['f1_clean'])} | {adv} | "
+                     f"{format_ci(a['f1_def'], a['f1_def_ci'])} | {_fmt(a['f1_clean_def'])} | {_fmt(a['recovery'])} | "
+                     f"{_fmt(s1['f1_def']) if s1 else 'n/a'} | {_fmt(a['fp_adv'])} / {_fmt(a['fp_def'])} |")
+    return "\n".join(lines)
 
 
 def _markdown(r: dict[str, Any]) -> str:
-    h = r["heldout"]
+    h, c = r["heldout"], r["config"]
     lines = ["# ANSM demo report", "",
-             f"Held-out synthetic test split: {h['n_images']} images ({h['n_forged']} forged), {h['size']}x{h['size']}; "
-             f"{h['metric']}. Attacks target the bare localizer (paper setting) unless marked adaptive (they then "
-             "attack localizer∘ANSM end to end). recovery = (f1_def - f1_adv) / (f1_clean - f1_adv).", "",
-             "| attack | f1_clean | f1_adv | f1_def | f1_clean_def | recovery | stage-1-only f1_def (rec.) | stage-2-only f1_def (rec.) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, a in r["attacks"].items():
-        abl = [f"{_fmt(a['ablation'][k]['f1_def'])} ({_fmt(a['ablation'][k]['recovery'])})" if k in a["ablation"] else "n/a"
-               for k in ("stage1_only", "stage2_only")]
-        label = f"{name} (adaptive, {a['n_images']} images)" if a.get("adaptive_to") else name
-        lines.append(f"| {label} | {_fmt(a['f1_clean'])} | {_fmt(a['f1_adv'])} | {_fmt(a['f1_def'])} | "
-                     f"{_fmt(a['f1_clean_def'])} | {_fmt(a['recovery'])} | {abl[0]} | {abl[1]} |")
-    c = r["config"]
-    lines += ["", f"Ablation: stage-1-only = the checkpoint after stage 1 ({c['stage1_steps']} alignment steps: pixel "
-              f"weight {c['align_pixel']:g}, FFA weight {c['align_ffa']:g}); stage-2-only = stage 2 (MgR, pixel weight "
-              f"{c['mgr_pixel']:g}) alone from the identity, {c['ablation_stage2_steps']} steps at the full lr (the full run's "
-              f"stage 2 has {c['stage2_steps']}). The "
-              "`f1_clean_def` of the ablations is in report.json.", "",
-              "## Real images (numbers as they are)", "", r["shared"]["note"], ""]
+             f"Held-out synthetic `{h['split']}` split (photos and scenes never used in training or in any choice): "
+             f"{h['n_images']} images ({h['n_forged']} forged, {h['n_authentic']} authentic), {h['size']}x{h['size']}; "
+             f"{h['metric']}, with a bootstrap 95% interval over the forged images. Attacks target the bare localizer "
+             "(the paper's setting) except the adaptive one, which attacks localizer∘ANSM end to end. recovery = "
+             "(f1_def - f1_ref) / (f1_clean - f1_ref), f1_ref the bare localizer under the same attack (for the "
+             f"adaptive row: PGD on the bare localizer, same images); not given when the attack took under "
+             f"{RECOVERY_MIN_GAP} F1 away. Authentic FP: share of pixels flagged on authentic images (clean: "
+             f"{_fmt(next(iter(r['attacks'].values()))['fp_clean'])}).", "", markdown_table(r), "",
+             f"ANSM (\"offline pixel alignment + MgR\"): trained only on PGD-10 and FGSM at 8/255 ({c['attack_n']} "
+             f"training images each); stage 1 {c['stage1_steps']} alignment steps (pixel weight {c['align_pixel']:g}, FFA "
+             f"weight {c['align_ffa']:g}), stage 2 {c['stage2_steps']} MgR steps (pixel weight {c['mgr_pixel']:g}, lr "
+             f"{c['stage2_lr']:g}). Stage-1-only = the checkpoint after stage 1 ({c['stage1_steps']} of "
+             f"{c['stage1_steps'] + c['stage2_steps']} steps, so not an equal-budget ablation; `python "
+             "experiments/demo_val.py` compares recipes at equal budgets on `val`).", "",
+             "## Real images (numbers as they are)", "", r["shared"]["note"], ""]
     if r["shared"]["datasets"]:
         lines += ["| dataset | images | f1_clean | f1_adv (PGD) | f1_def | f1_clean_def | recovery |", "|---|---|---|---|---|---|---|"]
         for name, a in r["shared"]["datasets"].items():
-            lines.append(f"| {name} | {a['n_images']} | {_fmt(a['f1_clean'])} | {_fmt(a['f1_adv'])} | {_fmt(a['f1_def'])} | "
-                         f"{_fmt(a['f1_clean_def'])} | {_fmt(a['recovery'])} |")
+            lines.append(f"| {name} | {a['n_images']} | {_fmt(a['f1_clean'])} | {_fmt(a['f1_adv'])} | "
+                         f"{format_ci(a['f1_def'], a['f1_def_ci'])} | {_fmt(a['f1_clean_def'])} | {_fmt(a['recovery'])} |")
     c = r["cost"]
     lines += ["", f"ANSM: {c['ansm_params']:,} parameters; localizer: {c['localizer_params']:,} "
               "(MACs at 512x512: `python bench/defense_cost.py`).", "",

@@ -61,15 +61,20 @@ def test_miniature_demo_report(tmp_path: Path) -> None:
     from ansm.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=str(tmp_path / "demo"), size=32, loc_steps=3, loc_pool=8, loc_batch=4, attack_n=3,
-                     stage1_steps=1, stage2_steps=1, ablation_stage2_steps=1, ansm_batch=2, test_n=4, adaptive_n=2,
+                     stage1_steps=1, stage2_steps=1, ansm_batch=2, test_n=4, adaptive_n=2,
                      shared="none", examples=2)
     report = run_demo(cfg, log=lambda _m: None)
     on_disk = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert on_disk["attacks"].keys() == report["attacks"].keys()
-    assert any(k.startswith("pgd") for k in on_disk["attacks"]) and any(k.startswith("fgsm") for k in on_disk["attacks"])
+    from ansm.demo import demo_attacks
+
+    assert list(on_disk["attacks"]) == [spec.name for spec, _ in demo_attacks()] + ["pgd-adaptive"]
+    assert [k for k, r in on_disk["attacks"].items() if r["seen_in_training"]] == ["pgd", "fgsm"]
     for row in on_disk["attacks"].values():
-        assert {"f1_clean", "f1_adv", "f1_def", "f1_clean_def", "recovery"} <= row.keys()
-        assert {"stage1_only", "stage2_only"} <= row["ablation"].keys() or row["adaptive_to"]
+        assert {"f1_clean", "f1_adv", "f1_def", "f1_def_ci", "f1_clean_def", "recovery", "fp_adv", "fp_def"} <= row.keys()
+        assert row["recovery"] is None  # 4 images: under RECOVERY_MIN_IMAGES, so no ratio is printed
+        assert "stage1_only" in row["ablation"] or row["adaptive_to"]
+    assert on_disk["heldout"]["split"] == "test"
     assert on_disk["runtime_s"] > 0 and "skipped" in on_disk["shared"]["note"]
     assert (tmp_path / "demo" / "figure.png").stat().st_size > 1000
     assert "recovery" in (tmp_path / "demo" / "report.md").read_text()

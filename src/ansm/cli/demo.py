@@ -19,8 +19,8 @@ def demo_cmd(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
 ) -> None:
     """Synthesize forgeries, train the localizer, build PGD and FGSM attack sets, train ANSM (stage 1 alignment,
-    stage 2 MgR, plus the stage-2-only ablation), evaluate against PGD and FGSM on held-out images (and
-    ../shared/data when present), and write <out>/report.md, <out>/report.json and <out>/figure.png."""
+    stage 2 MgR), evaluate on the held-out test split against the trained attacks, unseen ones and an adaptive PGD
+    through ANSM (and ../shared/data when present), and write <out>/report.md, report.json and figure.png."""
     from ansm.demo import DemoConfig, run_demo
     from ansm.utils import resolve_device
 
@@ -31,6 +31,7 @@ def demo_cmd(
         report = run_demo(cfg, step=step, log=console.print)
     for name, a in report["attacks"].items():
         rec = "n/a" if a["recovery"] is None else f"{a['recovery']:.2f}"
-        typer.echo(f"{name:>13}: F1 clean {a['f1_clean']:.3f}, attacked {a['f1_adv']:.3f}, defended {a['f1_def']:.3f} "
-                   f"(recovery {rec}); clean+ANSM {a['f1_clean_def']:.3f}")
+        adv = "n/a" if a["adaptive_to"] else f"{a['f1_adv']:.3f}"
+        typer.echo(f"{name:>13}{'' if a['seen_in_training'] else ' (unseen)':9}: F1 clean {a['f1_clean']:.3f}, "
+                   f"attacked {adv}, defended {a['f1_def']:.3f} (recovery {rec}); clean+ANSM {a['f1_clean_def']:.3f}")
     typer.echo(f"report: {out / 'report.md'}  ({report['runtime_s']:.0f} s)")
