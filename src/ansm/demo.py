@@ -59,7 +59,7 @@ class DemoConfig:
     align_ffa: float = 0.0
     align_pixel: float = 1 / 8  # L1 in units of 8/255 (the attack budget)
     mgr_pixel: float = 1 / 8
-    stage2_lr: float = 5e-4
+    stage2_lr: float | None = 5e-4  # None: the stage-1 peak lr
     ansm_batch: int = 16
     eps_d: float = 16 / 255
     eval_split: str = "test"  # "val" for every choice (experiments/demo_val.py), "test" reported once
@@ -192,7 +192,9 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
     else:
         advance = step("training ANSM", tcfg.total_steps)
         ansm, _ = train_ansm(tcfg, localizer, on_step=lambda s, st, l: advance(1))
-    defenses: dict[str, torch.nn.Module] = {"full": ansm, "stage1_only": load_ansm(out / "ansm" / "ansm_stage1")[0]}
+    defenses: dict[str, torch.nn.Module] = {"full": ansm}
+    if cfg.stage1_steps and cfg.stage2_steps:  # the stage-1 checkpoint is an ablation only when a stage 2 follows
+        defenses["stage1_only"] = load_ansm(out / "ansm" / "ansm_stage1")[0]
     timings["ansm_s"] = time.perf_counter() - t
     log(f"ANSM ready ({timings['ansm_s']:.0f} s): {tcfg.out}/ansm")
 
@@ -244,7 +246,7 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
     for name, entry in synth["attacks"].items():
         row = _flat(entry)
         row["seen_in_training"] = seen[name]
-        row["ablation"] = {"stage1_only": entry["defenses"]["stage1_only"]}
+        row["ablation"] = {k: v for k, v in entry["defenses"].items() if k == "stage1_only"}
         row["n_images"], row["n_forged"] = synth["n_images"], synth["n_forged"]
         report["attacks"][name] = row
     row = _flat(adaptive["attacks"]["pgd-adaptive"])
@@ -309,10 +311,10 @@ def _markdown(r: dict[str, Any]) -> str:
              f"{_fmt(next(iter(r['attacks'].values()))['fp_clean'])}).", "", markdown_table(r), "",
              f"ANSM (\"offline pixel alignment + MgR\"): trained only on PGD-10 and FGSM at 8/255 ({c['attack_n']} "
              f"training images each); stage 1 {c['stage1_steps']} alignment steps (pixel weight {c['align_pixel']:g}, FFA "
-             f"weight {c['align_ffa']:g}), stage 2 {c['stage2_steps']} MgR steps (pixel weight {c['mgr_pixel']:g}, lr "
-             f"{c['stage2_lr']:g}). Stage-1-only = the checkpoint after stage 1 ({c['stage1_steps']} of "
-             f"{c['stage1_steps'] + c['stage2_steps']} steps, so not an equal-budget ablation; `python "
-             "experiments/demo_val.py` compares recipes at equal budgets on `val`).", "",
+             f"weight {c['align_ffa']:g}), stage 2 {c['stage2_steps']} MgR steps (pixel weight {c['mgr_pixel']:g}, peak lr "
+             f"{'as stage 1' if c['stage2_lr'] is None else format(c['stage2_lr'], 'g')}). Stage-1-only = the checkpoint "
+             f"after stage 1 ({c['stage1_steps']} of {c['stage1_steps'] + c['stage2_steps']} steps, so not an "
+             "equal-budget ablation; `python experiments/demo_val.py` compares recipes at equal budgets on `val`).", "",
              "## Real images (numbers as they are)", "", r["shared"]["note"], ""]
     if r["shared"]["datasets"]:
         lines += ["| dataset | images | f1_clean | f1_adv (PGD) | f1_def | f1_clean_def | recovery |", "|---|---|---|---|---|---|---|"]
