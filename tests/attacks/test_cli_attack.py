@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import ansm.cli as cli
 from ansm.models import save_localizer
 
-cli = pytest.importorskip("ansm.cli", reason="the ansm CLI package does not import yet")
 runner = CliRunner()
 
 

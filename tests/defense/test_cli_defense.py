@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import ansm.cli as cli
 from ansm.data.io import read_image, read_mask, write_png
 
-cli = pytest.importorskip("ansm.cli", reason="the ansm CLI package does not import yet")
 runner = CliRunner()
 
 

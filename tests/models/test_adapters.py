@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ansm.attacks import create_attack
 from ansm.errors import ConfigError
 from ansm.models import FeatureTaps, Localizer
 from ansm.models.adapters import IMAGENET_MEAN, IMAGENET_STD, probs_to_logits, set_taps, wrap_imdlbenco, wrap_module
@@ -151,14 +152,11 @@ def test_train_eval_mode_reaches_the_wrapped_model(benco: BenCoStyle) -> None:
 
 
 def test_pgd_through_the_adapter_changes_the_prediction(benco: BenCoStyle) -> None:
-    attacks = pytest.importorskip("ansm.attacks")
-    if not hasattr(attacks, "create_attack"):
-        pytest.skip("ansm.attacks.create_attack not available in this checkout")
     model = wrap_imdlbenco(benco, multiple=4).eval()
     x = torch.rand(2, 3, 32, 32)
     masks = torch.zeros(2, 1, 32, 32)
     masks[..., 8:24, 8:24] = 1
-    attack = attacks.create_attack("pgd", model, eps="8/255", steps=3)
+    attack = create_attack("pgd", model, eps="8/255", steps=3)
     x_a = attack(x, masks)
     assert x_a.shape == x.shape and (x_a - x).abs().max() <= 8 / 255 + 1e-6
     with torch.no_grad():
