@@ -10,10 +10,9 @@ Training state (optimizer moments, step, RNG) is stored the same way so runs res
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn as nn
@@ -21,7 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ansm.errors import CheckpointError
-from ansm.utils import atomic_path, write_json_atomic
+from ansm.utils import atomic_path, read_json, write_json_atomic
+
+T = TypeVar("T")
 
 
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -46,10 +47,27 @@ def load_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     st_path, json_path = checkpoint_paths(path)
     if not json_path.is_file() or not st_path.is_file():
         raise CheckpointError(f"{st_path}: checkpoint not found (expected {st_path.name} and {json_path.name})")
+    meta = read_json(json_path, CheckpointError, "checkpoint JSON")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{json_path}: checkpoint JSON must be an object, got {type(meta).__name__}")
+    return meta
+
+
+def build_from_config(ctor: Callable[..., T], config: Any, path: object, what: str | None = None) -> T:
+    """``ctor(**config)`` for a config read from a checkpoint's JSON: a config that is not an object, names an
+    unknown option or holds a bad value is the checkpoint's fault, so it is one :class:`CheckpointError` naming
+    ``path`` rather than a TypeError from deep inside a constructor."""
+    from ansm.errors import AnsmError
+
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the checkpoint's config must be an object, got {type(config).__name__}")
     try:
-        return json.loads(json_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{json_path}: not valid JSON ({exc})") from None
+        return ctor(**config)
+    except AnsmError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint's config does not fit {what or getattr(ctor, '__name__', ctor)} "
+                              f"({exc.__class__.__name__}: {exc})") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

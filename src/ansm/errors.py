@@ -19,3 +19,8 @@ class ConfigError(AnsmError):
 
 class CheckpointError(AnsmError):
     """A checkpoint is missing, unsafe to load, or does not fit the architecture."""
+
+
+class OutputError(AnsmError):
+    """An output cannot be written where the user asked: the path is a folder (or a file where a folder is
+    needed), the folder is read-only, or the disk is full. The message names the path."""

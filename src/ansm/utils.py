@@ -5,16 +5,18 @@ from __future__ import annotations
 import contextlib
 import fractions
 import json
+import math
 import os
 import random
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from ansm.errors import ConfigError
+from ansm.errors import AnsmError, ConfigError, DataError, OutputError
 
 
 def seed_everything(seed: int) -> None:
@@ -53,9 +55,31 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r}") from exc
+        raise ConfigError(f"--device: unknown device {device!r} (cpu, cuda, cuda:1 or auto)") from exc
+    # Checked here, not at the first .to(dev), so the user gets one line instead of a CUDA traceback.
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {device}: MPS is not available on this machine; use --device cpu or auto")
+    return dev
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 less the umask): mkstemp's 0o600 is for secrets, and an
+    output that only its owner can read surprises whoever shares the results folder."""
+    with _UMASK_LOCK:  # reading the umask means setting it; the lock keeps threads from seeing 0 meanwhile
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
@@ -64,24 +88,80 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     A process killed mid-write leaves at most a hidden ``.tmp`` file, never a truncated output,
     which is what makes resumable jobs safe ("the file exists" means "the file is complete").
+    The file gets the mode the umask allows, as any ``open()`` would. Failing to write (a folder at ``path``,
+    a file where a folder should be, a read-only folder, a full disk) is one :class:`OutputError` naming the path.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise OutputError(f"{target}: is a folder, expected a file path to write")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"{target.parent}: cannot create this folder, a file is in the way "
+                          "(choose another output path)") from None
+    except OSError as exc:
+        raise OutputError(f"{target.parent}: cannot create this folder ({exc.strerror or exc})") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(f"{target.parent}: cannot write here ({exc.strerror or exc})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
+        try:
+            yield tmp_path
+            # after the block: some writers (safetensors) replace the file rather than write into it
+            os.chmod(tmp_path, _file_mode())
+            os.replace(tmp_path, target)
+        except OSError as exc:
+            # only errors about this very file are ours to rename; any other path is reported as raised
+            if exc.filename not in (None, str(tmp_path), str(target)):
+                raise
+            raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf, also NumPy's) replaced by ``None``, NumPy scalars and arrays
+    made plain: Python writes NaN as a bare ``NaN`` token that strict JSON readers (browsers, jq, most languages)
+    reject, and "no value" is what a NaN metric means (e.g. image AUC over forged images only)."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps_json(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that always writes valid JSON: non-finite numbers become ``null`` (see :func:`strict_json`)."""
+    return json.dumps(strict_json(obj), allow_nan=False, **kwargs)
+
+
+def read_json(path: str | os.PathLike, error: type[AnsmError] = DataError, what: str = "JSON file") -> Any:
+    """Parse a JSON file the user handed us; unreadable, non-UTF-8 or malformed is one ``error`` naming it."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{p}: {what} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{p}: {what} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise error(f"{p}: cannot read {what} ({exc.strerror or exc})") from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented, strict JSON (no bare NaN: see :func:`dumps_json`), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(dumps_json(obj, indent=2, sort_keys=False) + "\n")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from ansm.errors import AnsmError
 
@@ -25,19 +26,37 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-console = Console(stderr=True)
+# markup and highlighting off: messages hold user paths and names, which are printed exactly as given
+# (Rich markup would eat "photo[final].png" and crash on "[/x]").
+console = Console(stderr=True, markup=False, highlight=False)
 T = TypeVar("T")
 
 
+def print_error(message: object) -> None:
+    """``error: <message>`` on stderr, the message printed literally (never parsed as markup)."""
+    console.print(Text.assemble(("error:", "bold red"), " ", " ".join(str(message).split("\n"))), soft_wrap=True)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError the library did not anticipate: the path(s) it names and what went wrong."""
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{paths}: {reason}" if paths else reason
+
+
 def friendly_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn :class:`AnsmError` (bad input, bad config) into ``error: <message>`` and exit code 2."""
+    """Turn :class:`AnsmError` (bad input, bad config) and OSError (a path that cannot be read or written, a full
+    disk) into ``error: <message>`` and exit code 2; anything else is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
         except AnsmError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_error(exc)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            print_error(os_error_message(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted; completed outputs are kept and the run can be resumed")
@@ -64,7 +83,7 @@ def progress(disable: bool | None = None) -> Progress:
 
         disable = not (sys.stderr.isatty() or os.environ.get("ANSM_PROGRESS"))
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -81,7 +100,7 @@ def stage_bars(width: int = 44) -> Iterator[Callable[[str, int], Callable[[int],
     which adds a bar and returns its ``advance(n=1)``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn(f"{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn(f"{{task.description:<{width}}}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as bar:
         def step(description: str, total: int) -> Callable[[int], None]:
             task = bar.add_task(description, total=total)

@@ -97,6 +97,7 @@ def defend_cmd(
 ) -> None:
     """Write defended images, predicted masks with and without ANSM, and side-by-side overlays
     (input | without defense | with defense, tampered pixels in red) for every image."""
+    from ansm.checkpoint import checkpoint_paths
     from ansm.defense.ansm_net import load_ansm
     from ansm.defense.inference import defend_images, list_images
     from ansm.errors import ConfigError
@@ -108,7 +109,9 @@ def defend_cmd(
     spec = model or meta.get("localizer")
     if not spec:
         raise ConfigError(f"{ansm_path} does not name its localizer; pass --model")
-    localizer = resolve_localizer(spec).to(dev).eval()
+    # A spec from the checkpoint's JSON is data: a registered name or a checkpoint path, never code to import.
+    named_in = None if model else checkpoint_paths(ansm_path)[1]
+    localizer = resolve_localizer(spec, named_in=named_in).to(dev).eval()
     n = len(list_images(inputs))
     with progress() as bar:
         task = bar.add_task("defending", total=n)

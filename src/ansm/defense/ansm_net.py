@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from ansm.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
+from ansm.checkpoint import build_from_config, load_checkpoint, load_state_dict_strict, save_checkpoint
 from ansm.errors import CheckpointError, ConfigError, DataError
 from ansm.utils import parse_eps
 
@@ -144,6 +144,6 @@ def load_ansm(path: str | os.PathLike) -> tuple[ANSM, dict[str, Any]]:
     tensors, meta = load_checkpoint(path)
     if meta.get("kind") != "ansm":
         raise CheckpointError(f"{path}: not an ANSM checkpoint (kind={meta.get('kind')!r})")
-    model = ANSM(**meta.get("config", {}))
+    model = build_from_config(ANSM, meta.get("config", {}), path)
     load_state_dict_strict(model, tensors, path)
     return model.eval(), meta

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from ansm.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
+from ansm.checkpoint import build_from_config, load_checkpoint, load_state_dict_strict, save_checkpoint
 from ansm.errors import CheckpointError
 from ansm.registry import Registry
 
@@ -40,8 +40,14 @@ def load_localizer(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     tensors, meta = load_checkpoint(path)
     if meta.get("kind") != "localizer" or "arch" not in meta:
         raise CheckpointError(f"{path}: not a localizer checkpoint (kind={meta.get('kind')!r})")
+    if not isinstance(meta["arch"], str):
+        raise CheckpointError(f"{path}: arch must be a registered name, got {type(meta['arch']).__name__}")
     # Options added to an architecture after a checkpoint was saved take the value that checkpoint was trained with.
     before = getattr(LOCALIZERS.get(meta["arch"]), "config_before_options", {}) if meta["arch"] in LOCALIZERS else {}
-    model = create_localizer(meta["arch"], **{**before, **meta.get("config", {}), **overrides})
+    config = meta.get("config", {})
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the checkpoint's config must be an object, got {type(config).__name__}")
+    model = build_from_config(lambda **kw: create_localizer(meta["arch"], **kw), {**before, **config, **overrides}, path,
+                              what=f"localizer {meta['arch']!r}")
     load_state_dict_strict(model, tensors, path)
     return model.eval()

@@ -11,8 +11,10 @@
    ``torch.load(weights_only=True)``, optionally nested under ``state_dict``/``model``/``network``) loaded
    strictly. Without weights a model such as ``twostream`` is randomly initialised.
 3. **user code**: ``package.module:factory`` or ``path/to/file.py:factory``. This *imports and runs your code*
-   (like ``uvicorn app:app``), so only pass modules you trust; the current directory is put on ``sys.path``
-   so ``my_models:build`` works from the project you run ansm in. ``factory`` (a dotted attribute path is fine)
+   (like ``uvicorn app:app``), so only pass modules you trust. A module name is looked up on ``sys.path`` as
+   Python has it (``PYTHONPATH``, installed packages); the current directory is *not* added, so a stray
+   ``helpers.py`` where you happen to run ansm is never imported by accident: write ``./my_models.py:build``
+   to name a file there. ``factory`` (a dotted attribute path is fine)
    is called as ``factory()``, or ``factory(weights=PATH)`` when ``weights`` is given. It may return a
    :class:`~ansm.models.base.Localizer` (used as is, e.g. one built with
    :func:`~ansm.models.adapters.wrap_module`) or a plain ``nn.Module``, which is taken to output mask *logits*
@@ -21,6 +23,11 @@
 
 ``taps`` (layer names) replaces the model's ``default_taps`` after validation. For an nn.Module wrapped here the
 names are those inside the user's module. The model is returned in eval mode, on CPU.
+
+**Checkpoints are data.** A spec read from a file (an ANSM checkpoint naming its localizer, a config) is passed
+with ``named_in=<that file>``; it may then only be a registered name or a checkpoint path, never user code: a
+downloaded checkpoint must not be able to run anything. Importing code happens only for a spec the user typed
+(``named_in=None``, the default for the command line and the Python API).
 
 Every failure is one :class:`ConfigError` or :class:`CheckpointError` line that names the spec.
 """
@@ -50,8 +57,17 @@ _NESTED_KEYS = ("state_dict", "model", "network", "net")
 
 
 def resolve_localizer(spec: str | os.PathLike, weights: str | os.PathLike | None = None,
-                      taps: Iterable[str] | str | None = None) -> nn.Module:
-    """Build the localizer ``spec`` names (checkpoint path, registered name, or ``module:callable``)."""
+                      taps: Iterable[str] | str | None = None, *,
+                      named_in: str | os.PathLike | None = None) -> nn.Module:
+    """Build the localizer ``spec`` names (checkpoint path, registered name, or ``module:callable``).
+
+    Args:
+        named_in: the file ``spec`` was read from, when it was not typed by the user. Such a spec may only be a
+            registered name or a checkpoint path; user code (``module:callable``) is refused, naming the file.
+    """
+    if named_in is not None and not isinstance(spec, (str, os.PathLike)):
+        raise CheckpointError(f"{named_in}: the localizer must be a registered name or a checkpoint path, "
+                              f"got {type(spec).__name__}; pass --model")
     text = str(spec).strip()
     if not text:
         raise ConfigError("empty model spec: give a checkpoint path, a registered name or module:callable")
@@ -68,6 +84,10 @@ def resolve_localizer(spec: str | os.PathLike, weights: str | os.PathLike | None
         model = _from_registry(text, weights)
         user_module = False
     elif ":" in text and not _looks_like_drive(text):
+        if named_in is not None:
+            raise CheckpointError(
+                f"{named_in}: names the localizer {text!r}, which is code to import; a model named in a file may "
+                f"only be a registered name or a checkpoint path (to run that code, pass --model {text} yourself)")
         model, user_module = _from_factory(text, weights, taps)
     elif _looks_like_path(text):
         raise CheckpointError(f"{st_path}: checkpoint not found (expected {st_path.name} and {json_path.name})")
@@ -141,13 +161,12 @@ def _import_target(module_part: str, spec: str) -> Any:
             sys.modules.pop(name, None)
             raise ConfigError(f"{spec}: importing {path} failed ({exc.__class__.__name__}: {exc})") from exc
         return module
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
     try:
         return importlib.import_module(module_part)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"{spec}: cannot import module {module_part!r} ({exc})") from exc
+        raise ConfigError(f"{spec}: cannot import module {module_part!r} ({exc}); the current directory is not "
+                          f"searched: name a file (./{module_part.replace('.', '/')}.py:{spec.rpartition(':')[2]}) "
+                          "or set PYTHONPATH") from exc
     except Exception as exc:
         raise ConfigError(f"{spec}: importing {module_part!r} failed ({exc.__class__.__name__}: {exc})") from exc
 
