@@ -7,7 +7,11 @@ FFA. Two adapters bring a foreign model to that contract:
 * :func:`wrap_module` / :class:`ModuleLocalizer`: ``module(x) -> mask logits or probabilities`` (a tensor, the
   first element of a tuple, or one key of a dict).
 * :func:`wrap_imdlbenco` / :class:`IMDLBenCoLocalizer`: IMDLBenCo-style models whose
-  ``forward(image=..., mask=..., **kw)`` returns a dict with ``"pred_mask"`` probabilities.
+  ``forward(image=..., mask=..., **kw)`` returns a dict with ``"pred_mask"`` probabilities. Zoo models
+  compute their training loss inside ``forward`` and so *require* ground-truth inputs even at inference
+  (``mask``, ``edge_mask``, ``label``); the adapter feeds all-zero ones (their loss is computed and ignored).
+  Some zoo models also only accept one square input side (IML-ViT, PSCC-Net, SparseViT): ``input_size``
+  pads to it the way IMDLBenCo does. Real zoo architectures by name: :mod:`ansm.models.imdlbenco`.
 
 Why logits: attacks maximise a BCE-with-logits loss and the defense trains with one. Both are numerically
 stable only on logits, and a loss computed on saturated probabilities has vanishing gradients that make a
@@ -161,36 +165,96 @@ class ModuleLocalizer(_AdapterBase):
         return self.model(x)
 
 
+# Ground-truth inputs IMDLBenCo zoo models take in ``forward`` (for their loss) and what the adapter feeds them.
+_ZERO_MASK_ARGS = ("mask", "edge_mask")
+_ZERO_LABEL_ARGS = ("label",)
+
+
+def _size2(value: int | Sequence[int] | None, what: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    vals = [int(value)] * 2 if isinstance(value, int) else [int(v) for v in value]
+    if len(vals) != 2 or min(vals) < 1:
+        raise ConfigError(f"{what} must be a positive side or (height, width), got {value!r}")
+    return vals[0], vals[1]
+
+
 class IMDLBenCoLocalizer(_AdapterBase):
     """A localizer around an IMDLBenCo-style model; see :func:`wrap_imdlbenco`."""
 
     def __init__(self, module: nn.Module, mean: Sequence[float] | float = IMAGENET_MEAN,
                  std: Sequence[float] | float = IMAGENET_STD, multiple: int = 1,
                  taps: Iterable[str] | str | None = None, pred_key: str = "pred_mask", output: OutputKind = "probs",
-                 pass_mask: bool | None = None, forward_kwargs: Mapping[str, Any] | None = None) -> None:
+                 pass_mask: bool | None = None, forward_kwargs: Mapping[str, Any] | None = None,
+                 input_size: int | None = None, mask_size: int | Sequence[int] | None = None) -> None:
         params = inspect.signature(module.forward).parameters
         takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if "image" not in params and not takes_var_kw:
             raise ConfigError(f"{type(module).__name__}.forward takes no 'image' argument; use wrap_module instead")
+        fixed = dict(forward_kwargs or {})
+        required = [n for n, p in params.items() if n != "image" and p.default is inspect.Parameter.empty
+                    and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
         if pass_mask is None:
             # IMDLBenCo models compute their loss in forward and so often *require* a mask even at inference.
-            mask_param = params.get("mask")
-            pass_mask = mask_param is not None and mask_param.default is inspect.Parameter.empty
+            pass_mask = "mask" in required
+        zero_masks = [n for n in required if n in _ZERO_MASK_ARGS and n != "mask" and n not in fixed]
+        if pass_mask:
+            zero_masks.insert(0, "mask")
+        zero_labels = [n for n in required if n in _ZERO_LABEL_ARGS and n not in fixed]
+        unknown = [n for n in required if n not in _ZERO_MASK_ARGS + _ZERO_LABEL_ARGS and n not in fixed]
+        if unknown:
+            raise ConfigError(f"{type(module).__name__}.forward requires {', '.join(unknown)}; "
+                              "pass them with forward_kwargs=")
+        if input_size is not None and int(input_size) < 1:
+            raise ConfigError(f"input_size must be >= 1, got {input_size}")
+        size2 = _size2(mask_size, "mask_size")
         super().__init__(module, output, _input_cfg(mean, std, multiple), _validate_taps(module, taps),
-                         pred_key=pred_key, pass_mask=bool(pass_mask))
+                         pred_key=pred_key, pass_mask=bool(pass_mask),
+                         input_size=None if input_size is None else int(input_size),
+                         mask_size=None if size2 is None else list(size2))
         self.pred_key = pred_key
         self.pass_mask = bool(pass_mask)
-        self.forward_kwargs = dict(forward_kwargs or {})
+        self.forward_kwargs = fixed
+        self.zero_masks = tuple(zero_masks)
+        self.zero_labels = tuple(zero_labels)
+        self.input_size = None if input_size is None else int(input_size)
+        self.mask_size = size2
 
     def _key(self) -> str | None:
         return self.pred_key
 
     def _call(self, x: torch.Tensor) -> Any:
         kwargs = dict(self.forward_kwargs)
-        if self.pass_mask:
-            # An all-zero mask: the model's own loss term is meaningless but harmless; we only read pred_mask.
-            kwargs.setdefault("mask", x.new_zeros(x.shape[0], 1, *x.shape[-2:]))
+        # All-zero ground truth: the model's own loss term is meaningless but harmless; we only read pred_key.
+        mask_hw = self.mask_size or tuple(x.shape[-2:])
+        for name in self.zero_masks:
+            kwargs.setdefault(name, x.new_zeros(x.shape[0], 1, *mask_hw))
+        for name in self.zero_labels:
+            kwargs.setdefault(name, x.new_zeros(x.shape[0]))
         return self.model(image=x, **kwargs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """With ``input_size``: fit the image into one ``input_size`` square, as IMDLBenCo's padding mode does.
+
+        An image with a longer side above ``input_size`` is first downscaled (bilinear, aspect kept); then
+        it is zero-padded bottom/right in [0, 1] pixel space (black, as IMDLBenCo pads before normalising).
+        The logits are cropped to the image and resized back to the input resolution, so the contract holds.
+        """
+        if self.input_size is None:
+            return super().forward(images)
+        h, w = images.shape[-2:]
+        side = self.input_size
+        x = images
+        if max(h, w) > side:
+            scale = side / max(h, w)
+            x = F.interpolate(images, size=(max(1, round(h * scale)), max(1, round(w * scale))),
+                              mode="bilinear", align_corners=False)
+        hh, ww = x.shape[-2:]
+        x = F.pad(x, (0, side - ww, 0, side - hh), value=0.0)
+        logits = self.forward_normalized((x - self._mean) / self._std)[..., :hh, :ww]
+        if (hh, ww) != (h, w):
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return logits
 
 
 def wrap_module(module: nn.Module, output: OutputKind = "logits", *, mean: Sequence[float] | float = 0.0,
@@ -216,7 +280,8 @@ def wrap_module(module: nn.Module, output: OutputKind = "logits", *, mean: Seque
 def wrap_imdlbenco(module: nn.Module, *, mean: Sequence[float] | float = IMAGENET_MEAN,
                    std: Sequence[float] | float = IMAGENET_STD, multiple: int = 1,
                    taps: Iterable[str] | str | None = None, pred_key: str = "pred_mask", output: OutputKind = "probs",
-                   pass_mask: bool | None = None, forward_kwargs: Mapping[str, Any] | None = None) -> IMDLBenCoLocalizer:
+                   pass_mask: bool | None = None, forward_kwargs: Mapping[str, Any] | None = None,
+                   input_size: int | None = None, mask_size: int | Sequence[int] | None = None) -> IMDLBenCoLocalizer:
     """Adapt an IMDLBenCo-style model: ``forward(image=..., mask=..., **kw) -> {"pred_mask": probs, ...}``.
 
     Args:
@@ -226,12 +291,19 @@ def wrap_imdlbenco(module: nn.Module, *, mean: Sequence[float] | float = IMAGENE
         pred_key: dict entry holding the mask (IMDLBenCo: ``"pred_mask"``, probabilities after sigmoid).
         output: set ``"logits"`` if your model's ``pred_key`` holds logits.
         pass_mask: give the model an all-zero ``mask=`` (B x 1 x H x W). ``None``: only when ``forward`` has a
-            required ``mask`` parameter.
+            required ``mask`` parameter. Other *required* ground-truth parameters are fed zeros as well:
+            ``edge_mask`` (a zero mask) and ``label`` (zeros of shape B); any other required parameter must come
+            from ``forward_kwargs``, or wrapping raises.
         forward_kwargs: extra keyword arguments passed on every call (e.g. ``label``, ``edge_mask``).
+        input_size: the one square side the model accepts (IML-ViT: its ``input_size``, 1024 officially);
+            images are downscaled to fit if larger and zero-padded to it (see :meth:`IMDLBenCoLocalizer.forward`).
+        mask_size: side (or height, width) of the zero masks, for models whose loss compares against a
+            prediction of fixed size whatever the input (Mesorch: 512); default: the model's input size.
         taps: layer names inside ``module`` (validated now).
     """
     return IMDLBenCoLocalizer(module, mean=mean, std=std, multiple=multiple, taps=taps, pred_key=pred_key,
-                              output=output, pass_mask=pass_mask, forward_kwargs=forward_kwargs)
+                              output=output, pass_mask=pass_mask, forward_kwargs=forward_kwargs,
+                              input_size=input_size, mask_size=mask_size)
 
 
 def set_taps(model: nn.Module, taps: Iterable[str] | str) -> nn.Module:
