@@ -18,6 +18,9 @@ Resumable and shardable by construction:
 * ``shard=(k, n)`` takes the images at positions ``k, k + n, k + 2n, ...`` of the dataset's (sorted) order; the
   shard that completes the set writes the manifest, whose bytes do not depend on how the work was split.
 
+Large images (see :func:`ansm.tiling.resolve_tile`) are attacked alone and tile by tile
+(:func:`ansm.tiling.tiled_attack`: a bounded-memory attacker); their F1 before/after is measured on tiled predictions.
+
 Measurements are taken on what is saved: the uint8 PNG pixels against the source image, so L-inf/L2 include
 the rounding (an L-inf attack is re-clipped after rounding so the saved file still respects ``eps``).
 """
@@ -41,6 +44,7 @@ from ansm.data.io import write_png
 from ansm.errors import ConfigError, DataError
 from ansm.eval.metrics import f1_score
 from ansm.utils import write_json_atomic, write_text_atomic
+from ansm.tiling import model_align, resolve_tile, tiled_apply, tiled_attack
 
 FORMAT_VERSION = 1
 
@@ -126,17 +130,20 @@ def measure(x: torch.Tensor, adv_q: torch.Tensor) -> dict[str, float | None]:
 
 
 def attack_one(attack: Attack, localizer: Callable[[torch.Tensor], torch.Tensor], item: dict[str, Any],
-               seed: int, device: torch.device | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+               seed: int, device: torch.device | None = None,
+               tile: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Attack one dataset item; return the quantized adversarial image (3xHxW) and its measurements."""
-    return attack_batch(attack, localizer, [item], seed, device)[0]
+    return attack_batch(attack, localizer, [item], seed, device, tile)[0]
 
 
 def attack_batch(attack: Attack, localizer: Callable[[torch.Tensor], torch.Tensor], items: list[dict[str, Any]],
-                 seed: int, device: torch.device | None = None) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+                 seed: int, device: torch.device | None = None,
+                 tile: int | None = None) -> list[tuple[torch.Tensor, dict[str, Any]]]:
     """Attack same-size dataset items in one batch; per item, the quantized adversarial image and measurements.
 
     Each image draws its randomness from its own generator (``image_seed(seed, id)``), so batching changes only
-    floating-point summation order inside the model, not which random start an image gets."""
+    floating-point summation order inside the model, not which random start an image gets. ``tile``
+    (:func:`ansm.tiling.resolve_tile`) decides whether images are attacked and measured tile by tile."""
     xs, ms, gens = [], [], []
     for item in items:
         image_id = _check_id(item["name"])
@@ -150,11 +157,23 @@ def attack_batch(attack: Attack, localizer: Callable[[torch.Tensor], torch.Tenso
         gens.append(torch.Generator().manual_seed(image_seed(seed, image_id)))
     x, m = torch.stack(xs), torch.stack(ms)
     dev = device or x.device
-    adv = attack(x.to(dev), m.to(dev), generator=gens).cpu()
+    t = resolve_tile(tile, *x.shape[-2:])
+    if t is None:
+        adv = attack(x.to(dev), m.to(dev), generator=gens).cpu()
+    else:  # one image at a time, tile by tile, each with its own generator
+        align = model_align(attack.model)
+        adv = torch.cat([tiled_attack(attack, x[i:i + 1].to(dev), m[i:i + 1].to(dev), generator=[gens[i]], tile=t,
+                                      align=align).cpu() for i in range(len(items))])
     eps = attack.eps if attack.norm == "linf" else None
     adv_q = torch.stack([quantize(adv[i], x[i], eps) for i in range(len(items))])
+    del adv
     with torch.no_grad(), eval_mode(localizer):
-        prob = torch.sigmoid(localizer(torch.cat([x, adv_q]).to(dev)).float().cpu())
+        if t is None:
+            prob = torch.sigmoid(localizer(torch.cat([x, adv_q]).to(dev)).float().cpu())
+        else:
+            align = model_align(localizer)
+            prob = torch.cat([torch.sigmoid(tiled_apply(localizer, img[None].to(dev), tile=t,
+                                                        align=align).float().cpu()) for img in (*x, *adv_q)])
     n = len(items)
     f1 = f1_score(prob, torch.cat([m, m]))
     area = (prob > 0.5).flatten(1).float().mean(1)
@@ -223,7 +242,8 @@ def assemble_manifest(out: str | os.PathLike, n_images: int) -> Path | None:
 def build_adversarial_dataset(dataset: Any, localizer: Callable[[torch.Tensor], torch.Tensor], attack: Attack,
                               out: str | os.PathLike, *, seed: int = 0, shard: str | tuple[int, int] | None = None,
                               describe: dict[str, Any] | None = None, device: torch.device | None = None,
-                              on_item: Callable[[str, bool], None] | None = None, batch_size: int = 1) -> BuildResult:
+                              on_item: Callable[[str, bool], None] | None = None, batch_size: int = 1,
+                              tile: int | None = None) -> BuildResult:
     """Attack every image of ``dataset`` (items ``{"image", "mask", "name", ...}``) and write the results.
 
     Args:
@@ -239,6 +259,8 @@ def build_adversarial_dataset(dataset: Any, localizer: Callable[[torch.Tensor], 
         batch_size: images attacked together (consecutive images of one size). Every image keeps its own random
             start, so the results do not depend on it beyond floating-point rounding; a killed run loses at most
             the batch in flight.
+        tile: tile side for large images (:func:`ansm.tiling.resolve_tile`; ``None``: automatic above
+            ``AUTO_TILE_PIXELS``, ``0``: never). Tiled images are attacked alone, whatever ``batch_size``.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -258,7 +280,7 @@ def build_adversarial_dataset(dataset: Any, localizer: Callable[[torch.Tensor], 
 
     def flush() -> None:
         nonlocal attacked
-        for item, (adv_q, stats) in zip(pending, attack_batch(attack, localizer, pending, seed, device)):
+        for item, (adv_q, stats) in zip(pending, attack_batch(attack, localizer, pending, seed, device, tile)):
             _write_result(root, item, adv_q, stats, attack, seed)
             attacked += 1
             if on_item:
@@ -279,10 +301,11 @@ def build_adversarial_dataset(dataset: Any, localizer: Callable[[torch.Tensor], 
             if on_item:
                 on_item(image_id, False)
             continue
-        if pending and item["image"].shape != pending[0]["image"].shape:
+        alone = resolve_tile(tile, *item["image"].shape[-2:]) is not None  # large: attacked on its own
+        if pending and (alone or item["image"].shape != pending[0]["image"].shape):
             flush()  # one image size per batch: file datasets are attacked in runs of equal-size images
         pending.append(item)
-        if len(pending) >= batch_size:
+        if alone or len(pending) >= batch_size:
             flush()
     if pending:
         flush()

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ansm.cli.app import command, console, progress
+from ansm.cli.options import max_side_option, tile_option, validate_tile
 
 
 @command("attack", example="ansm attack --data synthetic:50 --model runs/loc/localizer --attack pgd --eps 8/255 "
@@ -31,6 +32,9 @@ def attack_cmd(
     seed: int = typer.Option(0, help="Base seed; each image uses a seed derived from (seed, image id)."),
     shard: Optional[str] = typer.Option(None, help="k/n: process one deterministic n-th of the images (0 <= k < n)."),
     size: int = typer.Option(128, help="Image size for synthetic:N."),
+    max_side: Optional[int] = max_side_option(),
+    tile: Optional[int] = tile_option("Tiled images are attacked tile by tile (each tile on its own, a "
+                                      "bounded-memory attacker; an L2 budget still holds over the whole image)."),
     batch_size: int = typer.Option(1, help="Images attacked together (same-size runs; each keeps its own seed)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 or auto."),
 ) -> None:
@@ -39,7 +43,9 @@ def attack_cmd(
     Writes <out>/<id>.png + <out>/<id>_gt.png (authentic images under <out>/authentic/), one record per image
     in <out>/records/, and <out>/manifest.jsonl (sorted by id) with budgets, PSNR, SSIM and F1 before/after.
     Interrupted runs resume where they stopped; shards can run in parallel into the same folder.
+    Large images are attacked in tiles (--tile) or downscaled first (--max-side).
     """
+    validate_tile(tile)
     from ansm.attacks import create_attack
     from ansm.attacks.builder import build_adversarial_dataset, parse_shard, summarize_manifest
     from ansm.data.datasets import open_data
@@ -49,17 +55,19 @@ def attack_cmd(
     seed_everything(seed)
     k, n = parse_shard(shard)
     dev = resolve_device(device)
-    dataset = open_data(data, size=size)
+    dataset = open_data(data, size=size, max_side=max_side)
     localizer = resolve_localizer(model, weights=weights).to(dev).eval()
     atk = create_attack(attack, localizer, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
                         random_start=random_start, decay=decay, c=c, kappa=kappa, lr=lr, objective=objective)
     describe = {"data": data, "model": model, "size": size if data.startswith("synthetic:") else None}
+    # size options change the saved images: recorded (when given) so a resume with other values is refused
+    describe.update({k: v for k, v in {"max_side": max_side, "tile": tile}.items() if v is not None})
     n_shard = len(range(k, len(dataset), n))
     with progress() as bar:
         task = bar.add_task(f"{attack} {k}/{n}" if n > 1 else attack, total=n_shard)
         result = build_adversarial_dataset(dataset, localizer, atk, out, seed=seed, shard=(k, n), describe=describe,
                                            device=dev, on_item=lambda _id, _done: bar.advance(task),
-                                           batch_size=batch_size)
+                                           batch_size=batch_size, tile=tile)
     console.print(f"{result.n_attacked} attacked, {result.n_skipped} already done ({result.n_shard} in shard {k}/{n})")
     if result.manifest is None:
         console.print(f"manifest pending: other shards of {out} have not finished")

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ansm.cli.app import command, console, progress
+from ansm.cli.options import max_side_option, tile_option, validate_tile
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:
@@ -92,11 +93,13 @@ def defend_cmd(
     inputs: Path = typer.Option(..., "--input", "-i", help="An image or a folder of images."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Localizer (default: the one ANSM was trained for)."),
-    max_side: Optional[int] = typer.Option(None, help="Downscale images whose longer side exceeds this."),
+    max_side: Optional[int] = max_side_option(),
+    tile: Optional[int] = tile_option("The defended image is the same tiled or not; predictions are close."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
 ) -> None:
     """Write defended images, predicted masks with and without ANSM, and side-by-side overlays
     (input | without defense | with defense, tampered pixels in red) for every image."""
+    validate_tile(tile)
     from ansm.checkpoint import checkpoint_paths
     from ansm.defense.ansm_net import load_ansm
     from ansm.defense.inference import defend_images, list_images
@@ -115,7 +118,7 @@ def defend_cmd(
     n = len(list_images(inputs))
     with progress() as bar:
         task = bar.add_task("defending", total=n)
-        summary = defend_images(ansm.to(dev), localizer, inputs, out, max_side=max_side, device=dev,
+        summary = defend_images(ansm.to(dev), localizer, inputs, out, max_side=max_side, device=dev, tile=tile,
                                 on_item=lambda _id: bar.advance(task))
     console.print(f"localizer: {spec}")
     typer.echo(f"defended {summary['n_images']} image(s) into {out}: mean predicted tampered area "

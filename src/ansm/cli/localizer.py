@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from ansm.cli.app import command, console, progress
+from ansm.cli.options import max_side_option, tile_option, validate_tile
 
 
 @command("train-localizer", example="ansm train-localizer --out runs/localizer --seed 0")
@@ -97,7 +98,8 @@ def evaluate_cmd(
     data: list[str] = typer.Option(..., "--data", "-d", help="Dataset folder, folder of datasets, IMDLBenCo JSON, or "
                                                             "synthetic:N. Repeat for several."),
     weights: Optional[Path] = typer.Option(None, help="Third-party weights for a registered model name."),
-    max_side: Optional[int] = typer.Option(None, help="Downscale images whose longer side exceeds this (default: native size)."),
+    max_side: Optional[int] = max_side_option(),
+    tile: Optional[int] = tile_option("Tiled predictions are close to, not equal to, whole-image ones (see README)."),
     resize_masks: bool = typer.Option(False, help="Resize masks whose size differs from their image (nearest)."),
     size: int = typer.Option(128, help="Image side for synthetic:N."),
     batch_size: int = typer.Option(8, help="Images per forward pass (same-size images only)."),
@@ -107,8 +109,9 @@ def evaluate_cmd(
     """Pixel F1/IoU at threshold 0.5 (mean over forged images), best-threshold F1, pixel AUC, image AUC.
 
     Definitions are in the README (Metrics). A folder whose subfolders are datasets (like ../shared/data) is
-    evaluated per subfolder; images run at their own size unless --max-side is given.
+    evaluated per subfolder; images run at their own size unless --max-side is given, large ones in tiles (--tile).
     """
+    validate_tile(tile)
     from rich.table import Table
 
     from ansm.data.datasets import discover_datasets, open_data
@@ -129,7 +132,7 @@ def evaluate_cmd(
     with progress() as bar:
         for name, ds in datasets.items():
             task = bar.add_task(name, total=len(ds))
-            results[name] = evaluate(localizer, ds, batch_size=batch_size, device=dev,
+            results[name] = evaluate(localizer, ds, batch_size=batch_size, device=dev, tile=tile,
                                      on_item=lambda k, t=task: bar.advance(t, k))
     table = Table(title=f"{model}: F1/IoU at 0.5, mean over forged images")
     table.add_column("dataset", no_wrap=True)

@@ -9,7 +9,8 @@ For every input image ``<id>`` the output folder gets
   for a person to look at;
 
 and ``defend.json`` lists per-image predicted tampered area with and without the defense. Images run one at a
-time at native size (or downscaled to ``max_side``); every file is written atomically.
+time at native size (or downscaled to ``max_side``); large ones (see ``tile``) in overlapping tiles
+(:mod:`ansm.tiling`), so the networks' memory is that of one tile. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PIL import Image
 
 from ansm.data.io import IMAGE_EXTENSIONS, read_image, tensor_to_uint8, write_mask, write_png
 from ansm.errors import DataError
+from ansm.tiling import model_align, resolve_tile, tiled_apply
 from ansm.utils import atomic_path, write_json_atomic
 
 
@@ -66,8 +68,12 @@ def side_by_side(panels: list[torch.Tensor], gap: int = 4) -> torch.Tensor:
 @torch.no_grad()
 def defend_images(ansm: nn.Module, localizer: nn.Module, inputs: str | os.PathLike, out: str | os.PathLike, *,
                   max_side: int | None = None, device: torch.device | str = "cpu",
-                  on_item: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Defend every image of ``inputs`` (file or folder) and write the outputs listed in the module docstring."""
+                  on_item: Callable[[str], None] | None = None, tile: int | None = None) -> dict[str, Any]:
+    """Defend every image of ``inputs`` (file or folder) and write the outputs listed in the module docstring.
+
+    ``tile`` (:func:`ansm.tiling.resolve_tile`): ``None`` tiles images over ``AUTO_TILE_PIXELS`` automatically,
+    ``0`` never, ``N`` whenever a side exceeds ``N``. ANSM is fully convolutional with a receptive field inside
+    the overlap, so the tiled defended image equals the untiled one; the localizer's predictions are close."""
     files = list_images(inputs)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -81,9 +87,17 @@ def defend_images(ansm: nn.Module, localizer: nn.Module, inputs: str | os.PathLi
             size = [max(1, round(s * scale)) for s in x.shape[-2:]]
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
         xb = x[None].to(device)
-        x_d = ansm(xb)
-        p_nodef = torch.sigmoid(localizer(xb))[0].cpu()
-        p_def = torch.sigmoid(localizer(x_d))[0].cpu()
+        t = resolve_tile(tile, *x.shape[-2:])
+        if t is None:
+            x_d = ansm(xb)
+            p_nodef = torch.sigmoid(localizer(xb))[0].cpu()
+            p_def = torch.sigmoid(localizer(x_d))[0].cpu()
+        else:
+            align = model_align(localizer)
+            x_d = tiled_apply(ansm, xb, tile=t, align=align)
+            p_nodef = torch.sigmoid(tiled_apply(localizer, xb, tile=t, align=align))[0].cpu()
+            p_def = torch.sigmoid(tiled_apply(localizer, x_d, tile=t, align=align))[0].cpu()
+        del xb
         x_d = x_d[0].cpu()
         stem = path.stem
         write_png(root / f"{stem}_defended.png", x_d)

@@ -62,31 +62,47 @@ def iou_score(prob: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) ->
 
 
 def best_threshold_f1(prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-image best F1 over 101 thresholds in [0, 1] (optimistic; report separately)."""
+    """Per-image best F1 over 101 thresholds in [0, 1] (optimistic; report separately).
+
+    Counted with one pass per image (``p > t_j`` exactly when fewer than ``j + 1`` thresholds are below ``p``),
+    not a T x N comparison: at 12 MP that would be 1.2 GB of booleans and ~25 s on one core."""
     p, m = _flat(prob, mask)
-    thr = _THRESHOLDS.to(p.device).view(-1, 1, 1)
-    pred = p.unsqueeze(0) > thr  # T x B x N
-    tp = (pred & m).sum(-1).double()
-    fp = (pred & ~m).sum(-1).double()
-    fn = (~pred & m).sum(-1).double()
-    return _ratio(2 * tp, 2 * tp + fp + fn).max(dim=0).values
+    thr = _THRESHOLDS.to(p.device)
+    t = thr.numel()
+    best = torch.zeros(p.shape[0], dtype=torch.float64, device=p.device)
+    for b in range(p.shape[0]):
+        below = torch.searchsorted(thr, p[b].contiguous())  # how many thresholds are < p (p > thr[j] iff j < below)
+        below = torch.where(torch.isnan(p[b]), torch.zeros_like(below), below)  # NaN > t is false for every t
+        # pixels predicted tampered at threshold j: those with below > j (a suffix sum of the histogram)
+        n_pred = torch.bincount(below, minlength=t + 1).flip(0).cumsum(0).flip(0)[1:].double()
+        tp = torch.bincount(below[m[b]], minlength=t + 1).flip(0).cumsum(0).flip(0)[1:].double()
+        best[b] = _ratio(2 * tp, n_pred + m[b].sum().double()).max()  # 2TP + FP + FN = predicted + true
+    return best
 
 
 def roc_auc(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
-    """ROC AUC via the Mann-Whitney rank statistic (ties get average ranks). NaN if one class is absent."""
-    s = np.asarray(torch.as_tensor(scores).detach().cpu().double().reshape(-1))
-    y = np.asarray(torch.as_tensor(labels).detach().cpu().reshape(-1)) > 0.5
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    """ROC AUC via the Mann-Whitney statistic (ties count one half). NaN if one class is absent.
+
+    Computed from one sort and per-value class counts in exact integer arithmetic (the same number as the
+    average-rank formula): at 12 MP it needs ~0.3 GB and seconds, where float64 rank arrays needed ~0.8 GB."""
+    s = torch.as_tensor(scores).detach().cpu().reshape(-1)
+    s = s.float() if s.dtype in (torch.float16, torch.bfloat16, torch.float32) else s.double()
+    y = torch.as_tensor(labels).detach().cpu().reshape(-1) > 0.5
+    n_pos = int(y.sum())
+    n_neg = y.numel() - n_pos
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    ranks = np.empty(len(s), dtype=np.float64)
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    s_sorted, order = torch.sort(s, stable=True)
+    y_sorted = y[order]
+    del order
+    _, counts = torch.unique_consecutive(s_sorted, return_counts=True)  # one group per distinct score
+    del s_sorted
+    pos_cum = y_sorted.cumsum(0)[counts.cumsum(0) - 1]
+    pos = torch.diff(pos_cum, prepend=pos_cum.new_zeros(1))
+    neg = counts - pos
+    neg_below = neg.cumsum(0) - neg
+    twice_u = int((pos * (2 * neg_below + neg)).sum())  # 2 * sum over positives of (#neg below + #neg tied / 2)
+    return twice_u / (2 * n_pos * n_neg)
 
 
 def pixel_auc(prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
