@@ -24,3 +24,21 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+# Optional environment for IMDLBenCo zoo models (README, "IMDLBenCo models"). Separate from .venv because
+# imdlbenco pulls torchvision, and PyPI's torchvision does not import beside the CPU torch 2.13.0 wheel;
+# torch 2.14.1 + torchvision 0.29.1 from PyPI (a CUDA build, ~5.5 GB, runs on a CPU too) do.
+BENCO_VENV       ?= .venv-benco
+BENCO_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+BENCO_STAMP      := $(BENCO_VENV)/.ansm-benco-installed
+
+.PHONY: benco-env
+
+$(BENCO_STAMP): pyproject.toml
+	test -x $(BENCO_VENV)/bin/python || $(PYTHON) -m venv $(BENCO_VENV)
+	$(BENCO_VENV)/bin/pip install -q $(BENCO_TORCH_SPEC)
+	$(BENCO_VENV)/bin/pip install -q -e ".[test,benco]"
+	$(BENCO_VENV)/bin/python -W ignore -c "import torchvision, IMDLBenCo.model_zoo"
+	touch $(BENCO_STAMP)
+
+benco-env: $(BENCO_STAMP)

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from ansm.benchmark.config import BenchmarkConfig
-from ansm.benchmark.transforms import JPEG, BitDepth, GaussianBlur, Median, bpda
+from ansm.benchmark.transforms import JPEG, BitDepth, DiffJPEG, GaussianBlur, Median, bpda
+from ansm.errors import ConfigError
 
 Step = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
 
@@ -50,14 +51,39 @@ class Defense:
         """What the analyst sees: exact preprocessing, then the localizer."""
         return self.localizer(self.pre(x) if self.pre is not None else x)
 
-    def attacker_view(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A differentiable stand-in for :meth:`logits`: BPDA through non-differentiable preprocessing."""
+    def attacker_view(self, view: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A differentiable stand-in for :meth:`logits`, by name (see :meth:`attacker_views`); ``None`` gives the
+        first one: the defense itself when it is differentiable, else BPDA with the identity backward pass."""
+        views = self.attacker_views()
+        if view is None:
+            return next(iter(views.values()))
+        if view not in views:
+            raise ConfigError(f"defense {self.key!r} has no attacker view {view!r} (it has: {', '.join(views)})")
+        return views[view]
+
+    def attacker_views(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Every differentiable stand-in for :meth:`logits` an adaptive attacker has here, by name, default first.
+
+        * ``white-box``: the pipeline itself (no preprocessing, or differentiable preprocessing: ANSM, median,
+          blur, a denoiser);
+        * ``bpda-identity``: exact preprocessing forward, identity backward (JPEG, bit depth);
+        * ``bpda-diffjpeg`` (JPEG only): the exact codec forward, the gradient of :class:`DiffJPEG` at the same
+          quality backward. The identity pretends JPEG keeps every frequency; DiffJPEG's gradient knows which
+          ones it quantises away, so an attack through it need not waste its budget on them.
+
+        A defense is only as strong as its weakest view, so an adaptive evaluation attacks through each and
+        keeps the worst case per image (and reports each view's number: which gradient did the damage).
+        """
         pre, loc = self.pre, self.localizer
         if pre is None:
-            return loc
-        if self.uses_bpda:
-            return lambda z: loc(bpda(pre, z))
-        return lambda z: loc(pre(z))
+            return {"white-box": loc}
+        if not self.uses_bpda:
+            return {"white-box": lambda z: loc(pre(z))}
+        views: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"bpda-identity": lambda z: loc(bpda(pre, z))}
+        if isinstance(pre, JPEG):
+            approx = DiffJPEG(pre.quality)
+            views["bpda-diffjpeg"] = lambda z: loc(bpda(pre, z, backward=approx))
+        return views
 
     @property
     def uses_bpda(self) -> bool:
