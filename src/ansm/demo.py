@@ -173,7 +173,7 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
         advance = step(f"building attack set ({name.upper()})", cfg.attack_n)
         built = build_adversarial_dataset(train_items, localizer, create_attack(name, localizer, **params), adv_dir,
                                           seed=cfg.seed, describe={"data": f"synthetic-train:{cfg.attack_n}",
-                                                                   "model": loc_path, "size": cfg.size},
+                                                                   "model": "localizer/localizer", "size": cfg.size},
                                           on_item=lambda _i, _d: advance(1), batch_size=16)
         attack_sets.append({"path": str(adv_dir), "n_images": built.n_images})
     adv_dirs = [a["path"] for a in attack_sets]
