@@ -34,10 +34,14 @@ def build():
 '''
 
 
-def assert_one_error_line(res, *fragments: str) -> None:
-    """Exit 2, exactly one non-empty output line starting with ``error:``, no traceback, the fragments in it."""
+def assert_one_error_line(res, *fragments: str, after_output: bool = False) -> None:
+    """Exit 2, exactly one non-empty output line starting with ``error:``, no traceback, the fragments in it.
+    ``after_output``: the command printed its results before failing to write them; the error is the last line."""
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2, res.output
+    if after_output:
+        assert sum(ln.startswith("error:") for ln in lines) == 1, res.output
+        lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.output
     assert "Traceback" not in res.output and isinstance(res.exception, SystemExit), res.exception
     for fragment in fragments:
@@ -105,3 +109,198 @@ def test_error_printer_prints_paths_literally(tmp_path: Path, name: str) -> None
     missing = tmp_path / name / "ansm"
     res = runner.invoke(app, ["defend", "--ansm", str(missing), "--input", str(tmp_path), "--out", str(tmp_path / "o")])
     assert_one_error_line(res, str(missing))
+
+
+@pytest.fixture()
+def bad_files(tmp_path: Path) -> dict[str, Path]:
+    """An existing file, an existing folder, non-UTF-8 dataset JSON, a broken attack set, malformed checkpoints."""
+    files = {"file": tmp_path / "afile", "folder": tmp_path / "afolder", "latin1": tmp_path / "latin1.json",
+             "attack_set": tmp_path / "adv", "ckpt_json": tmp_path / "ck" / "ansm", "ckpt_cfg": tmp_path / "ck2" / "ansm",
+             "loc_list": tmp_path / "ck3" / "localizer", "photos": tmp_path / "two_photos"}
+    files["file"].write_text("x")
+    files["folder"].mkdir()
+    files["latin1"].write_bytes('[["caf\xe9.png", "Negative"]]'.encode("latin-1"))
+    (files["attack_set"]).mkdir()
+    (files["attack_set"] / "manifest.jsonl").write_text('{"id": "a", "image": "a.png", "mask": null}\n{"id": \n')
+    save_ansm(ANSM(width=4), files["ckpt_json"], localizer="unet-small")
+    Path(str(files["ckpt_json"]) + ".json").write_text("{not json")
+    save_ansm(ANSM(width=4), files["ckpt_cfg"], localizer="unet-small")
+    Path(str(files["ckpt_cfg"]) + ".json").write_text(json.dumps({"kind": "ansm", "config": {"no_such_option": 1}}))
+    save_ansm(ANSM(width=4), files["loc_list"])
+    Path(str(files["loc_list"]) + ".json").write_text("[1, 2]")
+    for i in range(2):
+        _image(files["photos"] / f"p{i}.png", 40)
+    _image(tmp_path / "in" / "a.png")
+    return files
+
+
+CASES = {
+    "out is a file": (["synth", "--out", "{file}", "--n", "2", "--size", "32"], "--out"),
+    "out under a file": (["attack", "--data", "synthetic:2", "--model", "unet-small", "--out", "{file}/x"], "{file}"),
+    "json is a folder": (["evaluate", "--model", "unet-small", "--data", "synthetic:2", "--size", "32",
+                          "--json", "{folder}"], "--json"),
+    "dataset JSON not UTF-8": (["evaluate", "--model", "unet-small", "--data", "{latin1}"], "UTF-8"),
+    "malformed attack set": (["train", "--model", "unet-small", "--out", "{tmp}/t", "--adv-data", "{attack_set}",
+                              "--pool", "2", "--size", "32", "--crop", "0", "--stage1-steps", "1", "--stage2-steps", "0",
+                              "--device", "cpu"],
+                             "manifest.jsonl:2"),
+    "checkpoint JSON malformed": (["defend", "--ansm", "{ckpt_json}", "--input", "{tmp}/in", "--out", "{tmp}/o"],
+                                  "not valid JSON"),
+    "checkpoint config wrong": (["defend", "--ansm", "{ckpt_cfg}", "--input", "{tmp}/in", "--out", "{tmp}/o"],
+                                "no_such_option"),
+    "localizer checkpoint not an object": (["evaluate", "--model", "{loc_list}", "--data", "synthetic:2"],
+                                           "must be an object"),
+    "cuda without CUDA": (["evaluate", "--model", "unet-small", "--data", "synthetic:2", "--device", "cuda"],
+                          "--device cuda"),
+    "too few source photos": (["synth", "--out", "{tmp}/s", "--n", "2", "--size", "32", "--source", "{photos}"],
+                              "at least 3"),
+    "unknown device": (["evaluate", "--model", "unet-small", "--data", "synthetic:2", "--device", "tpu9"], "tpu9"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_user_error_is_one_line(case: str, bad_files: dict[str, Path], tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    if case == "cuda without CUDA":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args, fragment = CASES[case]
+    fill = {k: str(v) for k, v in bad_files.items()} | {"tmp": str(tmp_path)}
+    res = runner.invoke(app, [a.format(**fill) for a in args])
+    assert_one_error_line(res, fragment.format(**fill))
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only folder (simulated: tests may run as root, who may write anywhere) and a full disk."""
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    res = runner.invoke(app, ["synth", "--out", str(tmp_path / "ro"), "--n", "2", "--size", "32"])
+    assert_one_error_line(res, str(tmp_path / "ro"), "Permission denied")
+    monkeypatch.undo()
+
+    real_replace = os.replace
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(src))
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    res = runner.invoke(app, ["evaluate", "--model", "unet-small", "--data", "synthetic:2", "--size", "32",
+                              "--json", str(tmp_path / "eval.json")])
+    assert_one_error_line(res, str(tmp_path / "eval.json"), "No space left", after_output=True)
+    assert os.replace is not real_replace and not list(tmp_path.glob(".eval.json.*"))
+
+
+def test_unexpected_os_error_is_one_line_naming_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError the library did not anticipate still comes out as one line naming the path, exit 2."""
+    import ansm.data.synth as synth
+
+    def boom(*args, **kwargs):
+        raise IsADirectoryError(21, "Is a directory", str(tmp_path / "odd[/x]"))
+
+    monkeypatch.setattr(synth, "synthesize_folder", boom)
+    res = runner.invoke(app, ["synth", "--out", str(tmp_path / "s"), "--n", "2"])
+    assert_one_error_line(res, str(tmp_path / "odd[/x]"), "Is a directory")
+
+
+# ---- 3. numbers at the boundary ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--model", "unet-small", "--mgr-lambda", "nan"], "--mgr-lambda"),
+    (["train", "--model", "unet-small", "--mgr-dice", "-1"], "--mgr-dice"),
+    (["train", "--model", "unet-small", "--ffa-alpha", "inf"], "--ffa-alpha"),
+    (["train", "--model", "unet-small", "--adv-fraction", "1.5"], "--adv-fraction"),
+    (["train", "--model", "unet-small", "--lr", "nan"], "lr"),
+    (["train", "--model", "unet-small", "--eps-d", "nan"], "eps_d"),
+    (["train", "--model", "unet-small", "--width", "0"], "--width"),
+    (["train-localizer", "--lr", "inf"], "lr"),
+    (["train-localizer", "--adv-fraction", "nan"], "adv_fraction"),
+    (["defend", "--ansm", "x", "--input", ".", "--out", "o", "--max-side", "-5"], "--max-side"),
+    (["evaluate", "--model", "unet-small", "--data", "synthetic:2", "--max-side", "0"], "--max-side"),
+    (["evaluate", "--model", "unet-small", "--data", "synthetic:2", "--batch-size", "0"], "--batch-size"),
+    (["attack", "--model", "unet-small", "--data", "synthetic:2", "--out", "o", "--batch-size", "-1"], "--batch-size"),
+    (["attack", "--model", "unet-small", "--data", "synthetic:2", "--out", "o", "--eps", "nan"], "eps"),
+    (["attack", "--model", "unet-small", "--data", "synthetic:2", "--out", "o", "--steps", "0"], "steps"),
+    (["attack", "--model", "unet-small", "--data", "synthetic:2", "--out", "o", "--attack", "cw-l2", "--lr", "nan"],
+     "lr"),
+    (["benchmark", "--set", "blur_sigma=NaN"], "blur_sigma"),
+    (["benchmark", "--set", "ansm_batch=0"], "ansm_batch"),
+])
+def test_bad_numbers_are_refused(args: list[str], fragment: str, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, args)
+    assert_one_error_line(res, fragment)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "o").exists()
+
+
+def test_validate_rules() -> None:
+    from ansm.errors import ConfigError
+    from ansm.validate import fraction, integer, non_negative, positive, positive_int
+
+    assert positive(0.5, "x") == 0.5 and non_negative(0, "x") == 0 and fraction(1.0, "x") == 1.0
+    assert positive_int(None, "x") is None and integer(3, "x", minimum=3) == 3
+    for rule, value in [(positive, 0.0), (positive, math.nan), (non_negative, -1e-9), (non_negative, math.inf),
+                        (fraction, 1.01), (fraction, math.nan), (positive_int, 0), (positive_int, 2.0),
+                        (positive_int, True), (positive, "1")]:
+        with pytest.raises(ConfigError, match="--opt"):
+            rule(value, "--opt")
+
+
+# ---- 4. strict JSON, umask --------------------------------------------------------------------------------------
+
+def test_written_json_is_strict(tmp_path: Path) -> None:
+    from ansm.utils import dumps_json, write_json_atomic
+
+    obj = {"a": math.nan, "b": [math.inf, -math.inf, 1.5], "c": np.float32("nan"), "d": np.arange(2), "e": (1, 2.0)}
+    write_json_atomic(tmp_path / "x.json", obj)
+    text = (tmp_path / "x.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+    def strict(token: str) -> None:
+        raise ValueError(token)
+
+    assert json.loads(text, parse_constant=strict) == {"a": None, "b": [None, None, 1.5], "c": None, "d": [0, 1],
+                                                       "e": [1, 2.0]}
+    assert json.loads(dumps_json({"x": math.nan}), parse_constant=strict) == {"x": None}
+
+
+def test_evaluate_json_has_no_bare_nan(tmp_path: Path) -> None:
+    """synthetic:1 holds one forged image only, so image AUC is undefined: written as null, not NaN."""
+    out = tmp_path / "eval.json"
+    res = runner.invoke(app, ["evaluate", "--model", "unet-small", "--data", "synthetic:1", "--size", "32",
+                              "--json", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    assert "NaN" not in text
+    numbers = json.loads(text, parse_constant=lambda t: (_ for _ in ()).throw(ValueError(t)))["datasets"]["synthetic:1"]
+    assert None in numbers.values()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    from ansm.utils import write_json_atomic, write_text_atomic
+
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+        write_text_atomic(tmp_path / "b.txt", "x")
+        save_ansm(ANSM(width=4), tmp_path / "ck" / "ansm")  # safetensors writes its own file: checked too
+    finally:
+        os.umask(old)
+    for p in (tmp_path / "a.json", tmp_path / "b.txt", tmp_path / "ck" / "ansm.safetensors",
+              tmp_path / "ck" / "ansm.json"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, p
+
+
+def test_atomic_write_refuses_a_folder_target(tmp_path: Path) -> None:
+    from ansm.utils import write_json_atomic
+
+    with pytest.raises(OutputError, match="is a folder"):
+        write_json_atomic(tmp_path, {})
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match="a file is in the way"):
+        write_json_atomic(tmp_path / "f" / "x.json", {})

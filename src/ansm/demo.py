@@ -77,6 +77,11 @@ class DemoConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_split not in ("val", "test"):
             raise ConfigError(f"eval_split must be val or test, got {self.eval_split!r}")
+        from ansm.validate import check_fields
+
+        check_fields(self, None, non_negative=("align_ffa", "align_pixel", "mgr_pixel"), positive=("stage2_lr",),
+                     non_negative_int=("stage1_steps", "stage2_steps", "shared_per_dataset"),
+                     positive_int=("loc_batch", "ansm_batch", "shared_max_side"))
 
 
 Step = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)

@@ -158,6 +158,27 @@ def read_json(path: str | os.PathLike, error: type[AnsmError] = DataError, what:
         raise error(f"{p}: cannot read {what} ({exc.strerror or exc})") from None
 
 
+def read_jsonl(path: str | os.PathLike, error: type[AnsmError] = DataError,
+               what: str = "JSON-lines file") -> list[tuple[int, Any]]:
+    """``(line number, value)`` for every non-blank line of a JSON-lines file; a bad line is one ``error``
+    naming the file and the line."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{p}: {what} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise error(f"{p}: cannot read {what} ({exc.strerror or exc})") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((i, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise error(f"{p}:{i}: {what} line is not valid JSON ({exc})") from None
+    return rows
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented, strict JSON (no bare NaN: see :func:`dumps_json`), atomically."""
     with atomic_path(path) as tmp:

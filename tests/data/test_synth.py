@@ -76,6 +76,6 @@ def test_bad_config_is_clear() -> None:
     with pytest.raises(ConfigError, match="size must be >= 16"):
         SynthConfig(size=8)
     with pytest.raises(ConfigError, match="unknown split"):
-        render_forgery(0, split="val")
+        render_forgery(0, split="dev")
     with pytest.raises(ConfigError, match=">= 1"):
         SyntheticForgeries(0)

@@ -28,7 +28,6 @@ the rounding (an L-inf attack is re-clipped after rounding so the saved file sti
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from ansm.attacks.base import Attack, eval_mode
 from ansm.data.io import write_png
 from ansm.errors import ConfigError, DataError
 from ansm.eval.metrics import f1_score
-from ansm.utils import write_json_atomic, write_text_atomic
+from ansm.utils import dumps_json, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from ansm.tiling import model_align, resolve_tile, tiled_apply, tiled_attack
 
 FORMAT_VERSION = 1
@@ -202,7 +201,7 @@ def _write_result(root: Path, item: dict[str, Any], adv_q: torch.Tensor, stats: 
         "seed": image_seed(seed, image_id),
         **stats,
     }
-    write_text_atomic(root / "records" / f"{image_id}.json", json.dumps(record, sort_keys=True) + "\n")
+    write_text_atomic(root / "records" / f"{image_id}.json", dumps_json(record, sort_keys=True) + "\n")
 
 
 def _paths(out: Path, image_id: str, forged: bool) -> tuple[Path, Path | None]:
@@ -214,10 +213,9 @@ def _paths(out: Path, image_id: str, forged: bool) -> tuple[Path, Path | None]:
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     path = out / "attack.json"
     if path.exists():
-        try:
-            previous = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{path}: unreadable ({exc}); delete it or use a new output folder") from None
+        previous = read_json(path, DataError, "attack settings (delete it or use a new output folder)")
+        if not isinstance(previous, dict):
+            raise DataError(f"{path}: attack settings must be a JSON object; delete it or use a new output folder")
         if previous != settings:
             changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
             raise ConfigError(f"{out} was built with different settings ({', '.join(changed)} differ); "
@@ -232,10 +230,13 @@ def assemble_manifest(out: str | os.PathLike, n_images: int) -> Path | None:
     records = sorted((root / "records").glob("*.json"))
     if len(records) < n_images:
         return None
-    rows = [json.loads(p.read_text()) for p in records]
+    rows = [read_json(p, DataError, "attack record") for p in records]
+    bad = [str(p) for p, r in zip(records, rows) if not (isinstance(r, dict) and isinstance(r.get("id"), str))]
+    if bad:
+        raise DataError(f"{bad[0]}: not an attack record (no string id); delete it and re-run to redo that image")
     rows.sort(key=lambda r: r["id"])
     path = root / "manifest.jsonl"
-    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    write_text_atomic(path, "".join(dumps_json(r, sort_keys=True) + "\n" for r in rows))
     return path
 
 
@@ -315,7 +316,7 @@ def build_adversarial_dataset(dataset: Any, localizer: Callable[[torch.Tensor], 
 
 def summarize_manifest(path: str | os.PathLike) -> dict[str, float]:
     """Means over the manifest's images: F1 before/after (forged images only), L-inf/L2 max/mean, PSNR, SSIM."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [row for _, row in read_jsonl(path, DataError, "attack-set manifest")]
     forged = [r for r in rows if r["label"] == 1]
 
     def mean(values: list[Any]) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ansm.errors import ConfigError
 from ansm.utils import parse_eps
+from ansm.validate import check_fields
 
 DEFENSE_GROUPS = ("none", "ansm", "jpeg", "median", "blur", "bit-depth", "denoiser-pixel", "denoiser-feature",
                   "adv-finetune")
@@ -91,6 +92,11 @@ class BenchmarkConfig:
                                   | {self.adaptive_steps})
         if not self.tolerance >= 0:
             raise ConfigError(f"tolerance must be >= 0, got {self.tolerance}")
+        # NaN passes every comparison above: ansm.validate refuses it in every float field
+        check_fields(self, "--set {name}", non_negative=("tolerance",), positive=("blur_sigma",),
+                     non_negative_int=("ansm_stage1_steps", "ansm_stage2_steps"),
+                     positive_int=("loc_batch", "loc_pool", "ansm_batch", "ansm_pool", "median_size", "bit_depth",
+                                   "max_side"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

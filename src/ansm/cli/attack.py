@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ansm.cli.app import command, console, progress
+from ansm.validate import integer, output_dir, positive_int
 from ansm.cli.options import max_side_option, tile_option, validate_tile
 
 
@@ -46,6 +47,10 @@ def attack_cmd(
     Large images are attacked in tiles (--tile) or downscaled first (--max-side).
     """
     validate_tile(tile)
+    integer(max_side, "--max-side", minimum=8)
+    positive_int(batch_size, "--batch-size")
+    positive_int(size, "--size")
+    output_dir(out, "--out")
     from ansm.attacks import create_attack
     from ansm.attacks.builder import build_adversarial_dataset, parse_shard, summarize_manifest
     from ansm.data.datasets import open_data

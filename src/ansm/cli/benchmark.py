@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from ansm.cli.app import command, console, stage_bars
+from ansm.validate import output_dir
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -49,6 +50,7 @@ def benchmark_cmd(
     gray-box and white-box adaptive (BPDA through non-differentiable defenses). Every model the benchmark needs
     is trained into <out>/models and every finished cell is kept, so a killed run resumes.
     """
+    output_dir(out, "--out")
     from ansm.benchmark import preset_config, run_benchmark
     from ansm.benchmark.report import summary_table
 

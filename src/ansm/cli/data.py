@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ansm.cli.app import command, console, progress
+from ansm.validate import output_dir
 
 
 @command("synth", example="ansm synth --out data/synth-train --n 500 --split train --seed 0")
@@ -31,6 +32,7 @@ def synth_cmd(
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
+    output_dir(out, "--out")
     with progress() as bar:
         task = bar.add_task("synthesizing", total=n)
         synthesize_folder(out, n, seed=seed, split=split, size=size, source=source, on_sample=lambda: bar.advance(task))

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ansm.cli.app import command, console, progress
+from ansm.validate import integer, output_dir, positive_int
 from ansm.cli.options import max_side_option, tile_option, validate_tile
 
 
@@ -59,6 +60,9 @@ def train_cmd(
     from ansm.defense.trainer import TrainANSMConfig, train_ansm
     from ansm.utils import seed_everything
 
+    output_dir(out, "--out")
+    positive_int(crop if crop else None, "--crop")
+
     overrides = {"stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "batch_size": batch_size, "lr": lr,
                  "stage2_lr": stage2_lr, "eps_d": eps_d, "width": width, "taps": _split(taps), "ffa_weight": ffa_weight,
                  "ffa_pixel": ffa_pixel, "ffa_alpha": ffa_alpha, "mgr_pixel": mgr_pixel,
@@ -99,6 +103,8 @@ def defend_cmd(
 ) -> None:
     """Write defended images, predicted masks with and without ANSM, and side-by-side overlays
     (input | without defense | with defense, tampered pixels in red) for every image."""
+    integer(max_side, "--max-side", minimum=8)
+    output_dir(out, "--out")
     validate_tile(tile)
     from ansm.checkpoint import checkpoint_paths
     from ansm.defense.ansm_net import load_ansm

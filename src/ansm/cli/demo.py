@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ansm.cli.app import command, console, stage_bars
+from ansm.validate import output_dir
 
 
 @command("demo", example="ansm demo --out runs/demo --seed 0")
@@ -21,6 +22,7 @@ def demo_cmd(
     """Synthesize forgeries, train the localizer, build PGD and FGSM attack sets, train ANSM (stage 1 alignment,
     stage 2 MgR), evaluate on the held-out test split against the trained attacks, unseen ones and an adaptive PGD
     through ANSM (and ../shared/data when present), and write <out>/report.md, report.json and figure.png."""
+    output_dir(out, "--out")
     from ansm.demo import DemoConfig, run_demo
     from ansm.utils import resolve_device
 

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from ansm.cli.app import command, console, progress
+from ansm.validate import integer, output_dir, output_file, positive_int
 from ansm.cli.options import max_side_option, tile_option, validate_tile
 
 
@@ -47,6 +48,7 @@ def train_localizer_cmd(
     from ansm.models.train import TrainLocalizerConfig, train_localizer
     from ansm.utils import seed_everything, write_json_atomic
 
+    output_dir(out, "--out")
     if init is not None:
         from ansm.checkpoint import load_checkpoint_meta
 
@@ -112,6 +114,10 @@ def evaluate_cmd(
     evaluated per subfolder; images run at their own size unless --max-side is given, large ones in tiles (--tile).
     """
     validate_tile(tile)
+    integer(max_side, "--max-side", minimum=8)
+    positive_int(batch_size, "--batch-size")
+    positive_int(size, "--size")
+    output_file(json_path, "--json")
     from rich.table import Table
 
     from ansm.data.datasets import discover_datasets, open_data
@@ -142,7 +148,7 @@ def evaluate_cmd(
         table.add_row(name, *(fmt(r[c]) for c in COLUMNS))
     from rich.console import Console
 
-    Console().print(table)
+    Console(markup=False).print(table)  # dataset and model names are printed as given
     if json_path:
         write_json_atomic(json_path, {"model": model, "datasets": results})
         console.print(f"wrote {json_path}")

@@ -16,7 +16,6 @@ unless ``resize_masks=True`` (nearest neighbour).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,10 +89,9 @@ def records_from_tp_gt(root: Path) -> list[Record]:
 
 
 def records_from_json(path: Path, root: Path | None = None) -> list[Record]:
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable JSON list ({exc})") from None
+    from ansm.utils import read_json
+
+    entries = read_json(path, DataError, "dataset JSON")  # unreadable, not UTF-8 or malformed: one line naming it
     if not isinstance(entries, list):
         raise DataError(f"{path}: expected a JSON list of [image_path, mask_path or \"Negative\"]")
     base = (root or path.parent).resolve()

@@ -63,6 +63,9 @@ class SynthConfig:
             raise ConfigError(f"synthetic image size must be >= 16, got {self.size}")
         if len(self.kind_weights) != len(KINDS) or min(self.kind_weights) < 0 or sum(self.kind_weights) <= 0:
             raise ConfigError(f"kind_weights needs {len(KINDS)} non-negative numbers ({', '.join(KINDS)})")
+        from ansm.validate import check_fields
+
+        check_fields(self, None, fraction=("first_jpeg_prob", "donor_jpeg_prob", "final_jpeg_prob"))
 
 
 @dataclass

@@ -9,7 +9,6 @@ Everything is held in memory as uint8/bool (a 400-image pool at 128x128 is 20 MB
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,13 +67,22 @@ def render_clean_pool(n: int, seed: int, size: int, source: str | None = None,
 
 
 def _manifest_rows(folder: Path) -> list[dict]:
+    from ansm.utils import read_json, read_jsonl
+
     manifest = folder / "manifest.jsonl"
     if manifest.is_file():
-        return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    records = sorted((folder / "records").glob("*.json"))
-    if not records:
-        raise DataError(f"{folder}: not an attack set (no manifest.jsonl or records/; build one with `ansm attack`)")
-    return [json.loads(p.read_text()) for p in records]
+        rows = [(f"{manifest}:{i}", row) for i, row in read_jsonl(manifest, DataError, "attack-set manifest")]
+    else:
+        records = sorted((folder / "records").glob("*.json"))
+        if not records:
+            raise DataError(f"{folder}: not an attack set (no manifest.jsonl or records/; build one with `ansm attack`)")
+        rows = [(str(p), read_json(p, DataError, "attack-set record")) for p in records]
+    for where, row in rows:  # a hand-edited or truncated set: one line naming the row, not a KeyError later
+        if not (isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("image"), str)
+                and isinstance(row.get("mask"), (str, type(None)))):
+            raise DataError(f"{where}: not an attack-set record (needs string id and image, mask a string or null); "
+                            "rebuild the set with `ansm attack`")
+    return [row for _, row in rows]
 
 
 def load_adversarial_pool(folders: Sequence[str | os.PathLike], clean: Pool | None = None) -> AdversarialPool:

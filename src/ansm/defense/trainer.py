@@ -50,6 +50,7 @@ from ansm.defense.losses import REDUCTIONS, feature_l1_loss, ffa_loss, mgr_loss,
 from ansm.errors import CheckpointError, ConfigError
 from ansm.models.taps import FeatureTaps, resolve_layers
 from ansm.utils import parse_eps, seeded_generator, write_json_atomic
+from ansm.validate import check_fields
 
 ONLINE_ATTACKS = ("fgsm", "pgd", "bim", "mifgsm")
 # "ansm": stage 1 FFA then stage 2 MgR (the paper). The others train the same network as single-stage baselines
@@ -138,6 +139,11 @@ class TrainANSMConfig:
         bad = sorted(set(self.attacks) - set(ONLINE_ATTACKS))
         if not self.attacks or bad:
             raise ConfigError(f"online attacks must be among {', '.join(ONLINE_ATTACKS)}, got {self.attacks}")
+        # NaN passes every comparison above (a NaN weight trained an all-NaN ANSM): ansm.validate refuses it
+        check_fields(self, positive=("lr", "stage2_lr"), fraction=("adv_fraction",),
+                     non_negative=("ffa_weight", "ffa_alpha", "mgr_lambda", "mgr_dice", "mgr_ffa", "mgr_pixel", "ffa_pixel"),
+                     non_negative_int=("stage1_steps", "stage2_steps", "warmup"),
+                     positive_int=("batch_size", "pool", "ckpt_every", "pgd_steps", "size", "width"))
         if not self.objectives or set(self.objectives) - {"untargeted", "hide"}:
             raise ConfigError(f"objectives must be among untargeted, hide; got {self.objectives}")
         if not 0 <= self.adv_fraction <= 1:

@@ -36,6 +36,7 @@ from ansm.errors import CheckpointError, ConfigError
 from ansm.eval.evaluate import evaluate
 from ansm.models.registry import create_localizer, save_localizer
 from ansm.utils import seeded_generator
+from ansm.validate import check_fields
 
 
 @dataclass
@@ -89,6 +90,10 @@ class TrainLocalizerConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        # NaN passes the comparisons above: ansm.validate refuses it in every float field
+        check_fields(self, positive=("lr",), non_negative=("weight_decay", "dice_weight"),
+                     fraction=("noise_prob", "adv_fraction"), non_negative_int=("warmup", "eval_n"),
+                     positive_int=("steps", "batch_size", "pool", "ckpt_every", "size", "adv_steps"))
 
 
 def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
