@@ -206,6 +206,25 @@ def test_unexpected_os_error_is_one_line_naming_the_path(tmp_path: Path, monkeyp
     assert_one_error_line(res, str(tmp_path / "odd[/x]"), "Is a directory")
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["train-localizer", "--steps", "abc"], "--steps"),
+    (["evaluate", "--nope"], "--nope"),
+    (["evaluate"], "--model"),
+    (["no-such-command"], "no-such-command"),
+])
+def test_click_usage_errors_are_one_line(args: list[str], fragment: str) -> None:
+    """A value that does not parse, an unknown option, a missing one, an unknown command: click's own errors."""
+    res = runner.invoke(app, args)
+    assert_one_error_line(res, fragment, "--help")
+
+
+def test_help_and_success_keep_exit_code_zero(tmp_path: Path) -> None:
+    assert runner.invoke(app, ["--help"]).exit_code == 0
+    assert runner.invoke(app, ["evaluate", "--help"]).exit_code == 0
+    res = runner.invoke(app, ["synth", "--out", str(tmp_path / "s"), "--n", "2", "--size", "32"])
+    assert res.exit_code == 0 and "error" not in res.output, res.output
+
+
 # ---- 3. numbers at the boundary ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, fragment", [

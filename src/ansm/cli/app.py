@@ -12,13 +12,57 @@ import sys
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
 from ansm.errors import AnsmError
 
+
+def _click_exceptions() -> Any:
+    """Typer's click exceptions: recent typer ships its own copy (``typer._click``, not click's classes, and
+    click need not be installed); older typer uses click itself."""
+    vendored = getattr(getattr(typer.core, "_click", None), "exceptions", None)
+    if vendored is not None:
+        return vendored
+    import click.exceptions
+
+    return click.exceptions
+
+
+_click_exc = _click_exceptions()
+
+
+class OneLineErrorGroup(typer.core.TyperGroup):
+    """The command group with click's own errors (unknown option, a value that does not parse) as one
+    ``error:`` line too, exit code 2, instead of click's three-line usage block."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _click_exc.NoArgsIsHelpError as exc:  # bare `ansm`: the help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        except _click_exc.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "ansm"
+            print_error(f"{exc.format_message()} (see: {where} --help)")
+            sys.exit(exc.exit_code)
+        except _click_exc.ClickException as exc:
+            print_error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except _click_exc.Abort:
+            console.print("aborted")
+            sys.exit(1)
+        # non-standalone click returns the exit code of a typer.Exit / --help, or the command's return value
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrorGroup,
     name="ansm",
     help="Attack, defend (ANSM) and benchmark image forgery localizers.",
     no_args_is_help=True,
