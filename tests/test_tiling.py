@@ -225,3 +225,24 @@ def test_12mp_evaluate_on_the_tiled_path_stays_within_the_rss_bound(tmp_path: Pa
     rss_mib = usage.ru_maxrss / 1024
     assert json.loads(out.read_text())["datasets"]["big"]["n_images"] == 1
     assert rss_mib < RSS_BOUND_MIB, f"peak RSS {rss_mib:.0f} MiB"
+
+
+def test_large_image_measurements_in_strips_equal_whole_image_ones() -> None:
+    """The attack set's L-inf/L2/PSNR/SSIM of a tall image are computed per channel and in row strips (bounded
+    float64 temporaries); they round to the same six decimals as skimage on the whole image."""
+    import math
+
+    from skimage.metrics import structural_similarity
+
+    from ansm.attacks.builder import STRIP_ROWS, measure
+
+    torch.manual_seed(0)
+    x = torch.rand(3, STRIP_ROWS + 90, 40)
+    q = (x + (torch.rand_like(x) - 0.5) * 0.06).clamp(0, 1)
+    diff = (q - x).double()
+    a, b = x.permute(1, 2, 0).double().numpy(), q.permute(1, 2, 0).double().numpy()
+    whole = {"linf": float(diff.abs().max()), "l2": float(diff.pow(2).sum().sqrt()),
+             "psnr": 10 * math.log10(1 / float(diff.pow(2).mean())),
+             "ssim": structural_similarity(a, b, channel_axis=2, data_range=1.0, win_size=7)}
+    got = measure(x, q)
+    assert got == {k: round(v, 6) for k, v in whole.items()}

@@ -112,8 +112,43 @@ def _item_id(dataset: Any, index: int) -> str | None:
     return None
 
 
+STRIP_ROWS = 512
+"""Images taller than this are quantized and measured in row strips: the same numbers (up to float summation
+order), with float64 temporaries the size of one strip (whole-image SSIM needed ~2 GB at 12 MP)."""
+
+
+def _ssim_strips(x: torch.Tensor, adv_q: torch.Tensor, rows: int = STRIP_ROWS) -> float:
+    """skimage's SSIM (7x7 uniform window, data range 1, mean over channels) in row strips with a 3-row halo.
+
+    The window reaches 3 rows, so the kept rows of each strip's SSIM map equal the whole image's map; the map's
+    3-pixel border is left out of the mean, as skimage does."""
+    h, w = x.shape[-2:]
+    pad = 3
+    per_channel = []
+    for c in range(x.shape[0]):
+        total, count = 0.0, 0
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            lo, hi = max(0, r0 - pad), min(h, r1 + pad)
+            lo = max(0, min(lo, hi - 7))  # a short last strip still holds one window
+            _, smap = structural_similarity(x[c, lo:hi].double().numpy(), adv_q[c, lo:hi].double().numpy(),
+                                            data_range=1.0, win_size=7, full=True)
+            k0, k1 = max(r0, pad), min(r1, h - pad)
+            if k1 > k0:
+                total += float(smap[k0 - lo:k1 - lo, pad:w - pad].sum(dtype=np.float64))
+                count += (k1 - k0) * (w - 2 * pad)
+        per_channel.append(total / count)
+    return float(np.mean(per_channel))
+
+
 def measure(x: torch.Tensor, adv_q: torch.Tensor) -> dict[str, float | None]:
     """L-inf, L2 (whole image, [0,1] units), PSNR (dB, peak 1) and SSIM of the saved image against the source."""
+    if x.shape[-2] > STRIP_ROWS and min(x.shape[-2:]) >= 7:  # large: per channel and in strips, same numbers
+        diff32 = adv_q - x
+        sq = sum(float(diff32[c].double().pow(2).sum()) for c in range(diff32.shape[0]))
+        mse = sq / diff32.numel()
+        return {"linf": _r(diff32.abs().max()), "l2": _r(math.sqrt(sq)),
+                "psnr": _r(10 * math.log10(1.0 / mse)) if mse > 0 else None, "ssim": _r(_ssim_strips(x, adv_q))}
     diff = (adv_q - x).double()
     mse = float(diff.pow(2).mean())
     a = x.permute(1, 2, 0).double().numpy()
@@ -164,7 +199,11 @@ def attack_batch(attack: Attack, localizer: Callable[[torch.Tensor], torch.Tenso
         adv = torch.cat([tiled_attack(attack, x[i:i + 1].to(dev), m[i:i + 1].to(dev), generator=[gens[i]], tile=t,
                                       align=align).cpu() for i in range(len(items))])
     eps = attack.eps if attack.norm == "linf" else None
-    adv_q = torch.stack([quantize(adv[i], x[i], eps) for i in range(len(items))])
+    if t is None:
+        adv_q = torch.stack([quantize(adv[i], x[i], eps) for i in range(len(items))])
+    else:  # elementwise, so row strips give the same pixels with strip-sized temporaries
+        adv_q = torch.stack([torch.cat([quantize(adv[i][:, r:r + STRIP_ROWS], x[i][:, r:r + STRIP_ROWS], eps)
+                                        for r in range(0, x.shape[-2], STRIP_ROWS)], dim=1) for i in range(len(items))])
     del adv
     with torch.no_grad(), eval_mode(localizer):
         if t is None:
