@@ -28,7 +28,7 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="Address to listen on. The default is this machine only; the page "
                              "has no login, so bind elsewhere only on a network you trust."),
     port: int = typer.Option(8000, help="Port (0: any free port, printed at start)."),
-    max_side: int = typer.Option(768, "--max-side", help="Images whose longer side exceeds this are downscaled to it "
+    max_side: int = typer.Option(512, "--max-side", help="Images whose longer side exceeds this are downscaled to it "
                                  "for display and inference (the page says so)."),
     max_upload_mb: int = typer.Option(20, "--max-upload-mb", help="Largest upload accepted, in MiB."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
