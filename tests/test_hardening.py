@@ -247,6 +247,7 @@ def test_help_and_success_keep_exit_code_zero(tmp_path: Path) -> None:
      "lr"),
     (["benchmark", "--set", "blur_sigma=NaN"], "blur_sigma"),
     (["benchmark", "--set", "ansm_batch=0"], "ansm_batch"),
+    (["train-localizer", "--seed", str(2**70)], "--seed"),
 ])
 def test_bad_numbers_are_refused(args: list[str], fragment: str, tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:

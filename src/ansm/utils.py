@@ -21,6 +21,8 @@ from ansm.errors import AnsmError, ConfigError, DataError, OutputError
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch from one integer (the CLI's ``--seed``)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
+        raise ConfigError(f"--seed must be an integer in [-2^63, 2^63) (PyTorch's range), got {seed!r}")
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

@@ -54,7 +54,7 @@ class OneLineErrorGroup(typer.core.TyperGroup):
         except _click_exc.ClickException as exc:
             print_error(exc.format_message())
             sys.exit(exc.exit_code)
-        except _click_exc.Abort:
+        except typer.Abort:
             console.print("aborted")
             sys.exit(1)
         # non-standalone click returns the exit code of a typer.Exit / --help, or the command's return value
