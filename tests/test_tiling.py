@@ -246,3 +246,29 @@ def test_large_image_measurements_in_strips_equal_whole_image_ones() -> None:
              "ssim": structural_similarity(a, b, channel_axis=2, data_range=1.0, win_size=7)}
     got = measure(x, q)
     assert got == {k: round(v, 6) for k, v in whole.items()}
+
+
+def test_cli_size_options_reach_evaluate_and_attack(tmp_path: Path) -> None:
+    """--tile and --max-side are wired: evaluate tiles a 200x150 image at --tile 64; attack downscales to
+    --max-side, tiles, and records both in attack.json (a resume with other values is refused)."""
+    from ansm.models import create_localizer
+    from ansm.models.registry import save_localizer
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny"
+    save_localizer(create_localizer("twostream", width=4, jpeg_grid=False), ckpt)
+    data = _write_pair(tmp_path / "data", 200, 150)
+    res = runner.invoke(app, ["evaluate", "--model", str(ckpt), "--data", str(data), "--tile", "64",
+                              "--device", "cpu", "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["datasets"]["data"]["n_images"] == 1
+    out = tmp_path / "adv"
+    args = ["attack", "--data", str(data), "--model", str(ckpt), "--attack", "fgsm", "--out", str(out),
+            "--device", "cpu"]
+    res = runner.invoke(app, [*args, "--max-side", "100", "--tile", "64"])
+    assert res.exit_code == 0, res.output
+    assert Image.open(out / "img.png").size == (100, 75)
+    settings = json.loads((out / "attack.json").read_text())
+    assert settings["max_side"] == 100 and settings["tile"] == 64
+    res = runner.invoke(app, [*args, "--max-side", "120", "--tile", "64"])
+    assert res.exit_code == 2 and "max_side" in res.output

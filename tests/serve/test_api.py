@@ -93,6 +93,14 @@ def test_large_image_is_downscaled_to_the_stated_side(client: TestClient) -> Non
     assert decode(body["clean"]["mask_def"]).shape == (64, 128, 3)
 
 
+def test_16_bit_greyscale_is_rescaled(client: TestClient) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 60), 65535 // 2, dtype=np.uint16)).save(buf, format="PNG")  # mode I;16
+    body = client.post("/api/predict", content=buf.getvalue()).json()
+    assert (body["width"], body["height"]) == (60, 40)
+    assert np.abs(decode(body["clean"]["image"]).astype(int) - 128).max() <= 1  # mid-grey, not clipped white
+
+
 def _bmp_header_only(w: int, h: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (w, h)).save(buf, format="BMP")

@@ -23,7 +23,6 @@ import base64
 import io
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -83,16 +82,14 @@ def decode_upload(data: bytes, limits: ServeLimits) -> tuple[torch.Tensor, int, 
     if len(data) > limits.max_bytes:
         raise UploadError(413, f"upload too large: {len(data) / 2**20:.1f} MiB (limit {limits.max_bytes / 2**20:.0f} MiB)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > limits.max_pixels:
-                raise UploadError(413, f"image too large: {w}x{h} pixels (limit {limits.max_pixels / 1e6:.0f} MP)")
-            img.load()
+        img = Image.open(io.BytesIO(data))  # reads the header only: the size is known before any pixel is decoded
+        w, h = img.size
+        if w * h > limits.max_pixels:
+            raise UploadError(413, f"image too large: {w}x{h} pixels (limit {limits.max_pixels / 1e6:.0f} MP)")
+        img.load()
     except UploadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise UploadError(413, f"image too large: {exc}") from None
     except UnidentifiedImageError:
         if data.startswith(IMAGE_SIGNATURES) or data[8:12] == b"WEBP":
@@ -103,7 +100,12 @@ def decode_upload(data: bytes, limits: ServeLimits) -> tuple[torch.Tensor, int, 
         raise UploadError(400, f"corrupt image: {exc.__class__.__name__}: {exc}") from None
     if w < 8 or h < 8:
         raise UploadError(400, f"image too small: {w}x{h} pixels (at least 8x8)")
-    x = image_to_tensor(np.asarray(img.convert("RGB")))
+    if img.mode in ("I;16", "I;16B", "I", "F"):  # 16-bit / float greyscale, rescaled as ansm.data.io.read_image does
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(arr / (65535.0 if arr.max() > 255 else 255.0), 0, 1)
+        x = torch.from_numpy(np.repeat(arr[None], 3, axis=0)).float()
+    else:
+        x = image_to_tensor(np.asarray(img.convert("RGB")))
     if max(h, w) > limits.max_side:
         scale = limits.max_side / max(h, w)
         size = [max(1, round(s * scale)) for s in (h, w)]
