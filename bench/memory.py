@@ -5,10 +5,11 @@ that process (``os.wait4``), so imports, image decoding, the model, metrics and 
 The image is synthetic (smooth colour field plus noise, a rectangular "forgery" mask), 4000x3000 = 12 MP by
 default; the models are the built-in two-stream localizer (default width, seeded random weights: memory does
 not depend on the weights) and an untrained ANSM. ``--compare-mp`` adds the untiled path (``--tile 0``) on a
-smaller image, to show what tiling saves (the untiled path at 12 MP needs ~13 GB).
+smaller image, to show what tiling saves (untiled, evaluate took 1,968 MiB at 2 MP: ~0.8 GB per megapixel,
+so ~10 GB at 12 MP; not run at 12 MP for that reason).
 
     python bench/memory.py                       # 12 MP: evaluate, defend, attack (FGSM) on the tiled path
-    python bench/memory.py --compare-mp 1        # plus evaluate with and without tiling at 1 MP
+    python bench/memory.py --compare-mp 2        # plus evaluate with and without tiling at 2 MP
 
 Not a test: it takes minutes on 2 CPU cores (the attack does a forward and backward pass per tile).
 """
