@@ -1,8 +1,8 @@
 """What a benchmark run is: one dataclass, two presets.
 
-``quick`` is sized for 2 CPU cores in under 20 minutes (64x64 held-out synthetic images, the demo's training
-recipes, fewer seeds and restarts, each cut said in the report); ``full`` is the same grid at the sizes a paper
-table needs, for a GPU. Every field can be overridden on top of a preset (``ansm benchmark --preset quick
+``quick`` is sized for 2 CPU cores in about half an hour (64x64 held-out synthetic images of the test split,
+the demo's localizer recipe, the benchmark's own ANSM recipe "online FFA + MgR", fewer seeds and restarts, each
+cut said in the report); ``full`` is the same grid at the sizes a paper table needs, for a GPU. Every field can be overridden on top of a preset (``ansm benchmark --preset quick
 --set adaptive_steps=200``).
 """
 
@@ -38,14 +38,17 @@ class BenchmarkConfig:
     surrogate_arch: str = "unet-small"  # transfer attacks are crafted on this architecture, trained the same way
     ansm_seeds: int = 2  # ANSM seeds (>= 2: each seed's gray-box surrogate is the next seed's ANSM)
     baseline_seeds: int = 1  # seeds of the trained baselines (denoisers, adversarial fine-tuning)
-    # The benchmark's ANSM trains on online attacks only (FFA 40 + MgR 180 steps: the recipe the demo used before it
-    # moved to offline attack sets and pixel alignment, docs/ansm.md); its baselines get the same step budget.
+    # The benchmark's ANSM recipe is labelled "online FFA + MgR" in its report: online attacks only, FFA 40 + MgR 180
+    # steps (the demo's is "offline pixel alignment + MgR", which needs attack sets built first; docs/benchmark.md
+    # says why they differ). Its baselines get the same step budget.
     ansm_stage1_steps: int = 40
     ansm_stage2_steps: int = 180
     ansm_batch: int = 16
     ansm_pool: int = 400
     eps_d: float = 16 / 255
-    advft_steps: int = 150  # PGD adversarial fine-tuning steps, starting from the target localizer
+    # PGD adversarial fine-tuning, starting from the target localizer: None = ANSM's budget (stage 1 + stage 2
+    # steps at ANSM's batch, every example adversarial), with the target's benign-noise augmentation kept
+    advft_steps: int | None = None
     advft_eps: float = 8 / 255
     # --- baselines -----------------------------------------------------------------------------------------
     defenses: list[str] = field(default_factory=lambda: list(DEFENSE_GROUPS))
@@ -61,12 +64,18 @@ class BenchmarkConfig:
     adaptive_steps: int = 100
     adaptive_restarts: int = 1  # per objective
     adaptive_objectives: list[str] = field(default_factory=lambda: ["untargeted", "hide"])
-    adaptive_eps: list[float] = field(default_factory=lambda: [8 / 255])
+    adaptive_eps: list[float] = field(default_factory=lambda: [4 / 255, 8 / 255])  # >= 2: the eps check runs
     steps_curve: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100])
-    tolerance: float = 0.01  # sanity checks allow this much F1 noise
+    # --- sanity checks (each can fail; docs/benchmark.md) ---------------------------------------------------
+    unbounded_eps: float = 64 / 255  # the adaptive attack at this budget must take every defense's F1 to ~0
+    unbounded_steps: int = 50
+    unbounded_f1_max: float = 0.05  # "~0"
+    square_queries: int = 300  # gradient-free Square attack per objective
+    check_margin: float = 0.05  # F1 by which Square may beat, or doubling the steps may lower, the gradient attack
+    tolerance: float = 0.01  # F1 noise allowed where F1 should not rise (larger eps)
 
     def __post_init__(self) -> None:
-        for name in ("eps_d", "advft_eps", "eps_main"):
+        for name in ("eps_d", "advft_eps", "eps_main", "unbounded_eps"):
             setattr(self, name, _eps(name, getattr(self, name)))
         self.eps_grid = _eps_list("eps_grid", self.eps_grid)
         self.adaptive_eps = _eps_list("adaptive_eps", self.adaptive_eps)
@@ -85,18 +94,27 @@ class BenchmarkConfig:
         if set(self.adaptive_objectives) - {"untargeted", "hide"} or not self.adaptive_objectives:
             raise ConfigError(f"adaptive_objectives must be among untargeted, hide; got {self.adaptive_objectives}")
         for name in ("batch_size", "loc_steps", "ansm_seeds", "baseline_seeds", "pgd_steps", "adaptive_steps",
-                     "adaptive_restarts", "advft_steps", "size"):
+                     "adaptive_restarts", "size", "unbounded_steps", "square_queries"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.advft_steps is not None and int(self.advft_steps) < 1:
+            raise ConfigError(f"advft_steps must be >= 1 (or None: ANSM's budget), got {self.advft_steps}")
+        # the convergence check compares the gradient attack after half its steps with after all of them
         self.steps_curve = sorted({int(s) for s in self.steps_curve if 1 <= int(s) <= self.adaptive_steps}
-                                  | {self.adaptive_steps})
-        if not self.tolerance >= 0:
-            raise ConfigError(f"tolerance must be >= 0, got {self.tolerance}")
+                                  | {self.adaptive_steps, max(1, self.adaptive_steps // 2)})
+        for name in ("tolerance", "check_margin", "unbounded_f1_max"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         # NaN passes every comparison above: ansm.validate refuses it in every float field
         check_fields(self, "--set {name}", non_negative=("tolerance",), positive=("blur_sigma",),
                      non_negative_int=("ansm_stage1_steps", "ansm_stage2_steps"),
                      positive_int=("loc_batch", "loc_pool", "ansm_batch", "ansm_pool", "median_size", "bit_depth",
                                    "max_side"))
+
+    @property
+    def advft_budget(self) -> int:
+        """Adversarial fine-tuning steps: ``advft_steps`` or ANSM's total steps (equal budgets)."""
+        return int(self.advft_steps) if self.advft_steps is not None else self.ansm_stage1_steps + self.ansm_stage2_steps
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,14 +136,15 @@ def _eps_list(name: str, value: Any) -> list[float]:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 2 CPU cores, < 20 min: 32 held-out 64x64 images, the demo's models, 2 ANSM seeds, 1 seed per baseline,
-    # adaptive PGD 100 steps x 1 restart per objective at 8/255 (the adaptive attacks are ~half of the run time).
+    # 2 CPU cores, ~30 min: 32 held-out 64x64 images, 2 ANSM seeds, 1 seed per baseline, adaptive PGD 100
+    # steps x 1 restart per objective at 4/255 and 8/255 (the adaptive attacks are ~half of the run time).
     "quick": {},
     # One GPU: 200 held-out 128x128 images, the default train-localizer recipe, 3 seeds of everything,
     # 200-step adaptive attacks with 3 restarts per objective over the whole eps grid.
     "full": {"out": "runs/benchmark-full", "data": "synthetic:200", "size": 128, "loc_steps": 1200, "loc_batch": 8,
              "loc_pool": 1200, "ansm_seeds": 3, "baseline_seeds": 3, "ansm_stage1_steps": 200,
-             "ansm_stage2_steps": 1000, "ansm_pool": 1200, "advft_steps": 1000, "adaptive_steps": 200,
+             "ansm_stage2_steps": 1000, "ansm_pool": 1200, "adaptive_steps": 200, "unbounded_steps": 100,
+             "square_queries": 1000,
              "adaptive_restarts": 3, "adaptive_eps": [2 / 255, 4 / 255, 8 / 255, 16 / 255],
              "steps_curve": [1, 2, 5, 10, 20, 50, 100, 200], "batch_size": 32},
 }

@@ -105,7 +105,7 @@ def _train_localizer(out: Path, cfg: BenchmarkConfig, arch: str, step: Step, lab
         return load_localizer(out / "localizer")
     lcfg = TrainLocalizerConfig(arch=arch, out=str(out), seed=extra.pop("seed", cfg.seed), size=cfg.size,
                                 steps=extra.pop("steps", cfg.loc_steps),
-                                batch_size=cfg.loc_batch, pool=cfg.loc_pool, warmup=20, eval_n=0, ckpt_every=50, **extra)
+                                batch_size=extra.pop("batch_size", cfg.loc_batch), pool=cfg.loc_pool, warmup=20, eval_n=0, ckpt_every=50, **extra)
     render, train = step(f"rendering data ({label})", lcfg.pool), step(f"training {label}", lcfg.steps)
     model, _ = train_localizer(lcfg, on_step=lambda s, _l: train(1), on_pool_item=lambda: render(1))
     return model
@@ -129,6 +129,13 @@ def _train_preprocessor(out: Path, cfg: BenchmarkConfig, localizer_path: str, lo
     return model
 
 
+def _target_noise_std(cfg: BenchmarkConfig) -> float:
+    """The benign-noise augmentation of the built-in target (0 for a user's localizer: we do not know theirs)."""
+    from ansm.demo import DemoConfig
+
+    return DemoConfig().loc_noise_std if cfg.localizer is None else 0.0
+
+
 def build_defenses(cfg: BenchmarkConfig, device: torch.device, step: Step,
                    log: Callable[[str], None]) -> tuple[nn.Module, nn.Module | None, list[Defense]]:
     """Train or load every model the benchmark needs; return (target, transfer surrogate, defenses)."""
@@ -137,10 +144,10 @@ def build_defenses(cfg: BenchmarkConfig, device: torch.device, step: Step,
     models = Path(cfg.out) / "models"
     if cfg.localizer is None:
         target_path = str(models / "target" / "localizer")
-        from ansm.demo import DEFENDED_LOCALIZER_KWARGS, DemoConfig
+        from ansm.demo import DEFENDED_LOCALIZER_KWARGS
 
         target = _train_localizer(models / "target", cfg, "twostream", step, "target localizer",
-                                  arch_kwargs=dict(DEFENDED_LOCALIZER_KWARGS), noise_std=DemoConfig().loc_noise_std)
+                                  arch_kwargs=dict(DEFENDED_LOCALIZER_KWARGS), noise_std=_target_noise_std(cfg))
     else:
         target_path, target = cfg.localizer, resolve_localizer(cfg.localizer)
     target = _frozen(target, device)
@@ -179,8 +186,10 @@ def build_defenses(cfg: BenchmarkConfig, device: torch.device, step: Step,
                          for s in base_seeds]
     if "adv-finetune" in groups:
         for s in base_seeds:
+            # ANSM's budget (steps, batch, every example adversarial) and the target's benign-noise augmentation
             tuned = _train_localizer(models / f"adv-finetune-s{s}", cfg, "twostream", step,
-                                     f"PGD adversarial fine-tuning (seed {s})", seed=s, steps=cfg.advft_steps, init=target_path,
-                                     adv_eps=cfg.advft_eps, lr=1e-3)
+                                     f"PGD adversarial fine-tuning (seed {s})", seed=s, steps=cfg.advft_budget,
+                                     init=target_path, adv_eps=cfg.advft_eps, adv_fraction=1.0, lr=1e-3,
+                                     batch_size=cfg.ansm_batch, noise_std=_target_noise_std(cfg))
             defenses.append(Defense("adv-finetune", "model", _frozen(tuned, device), None, s))
     return target, surrogate, defenses

@@ -4,16 +4,22 @@ Numbers per cell (threat x attack x eps x defense), each a mean over forged imag
 standard deviation over the defense's training seeds:
 
 * ``f1``, ``iou`` at threshold 0.5 and pixel ``auc`` of the defended prediction on the attacked images;
+* ``f1_ci``: a bootstrap 95% interval over images (resampled jointly across seeds);
 * ``recovery = (f1_def - f1_ref) / (f1_clean - f1_ref)``, where ``f1_clean`` is the bare localizer on clean
-  images and ``f1_ref`` the bare localizer under the same threat (for gray-box, which has no bare version, the
-  oblivious PGD at the same eps; for adaptive, white-box PGD on the bare localizer);
-* ``retention = f1_clean_def / f1_clean``: what the defense keeps of the clean F1 (1 = harmless).
+  images and ``f1_ref`` the bare localizer under the *same* attack (adaptive: white-box PGD on the bare
+  localizer). Gray-box has no bare version, so no recovery; nor where the attack took under 0.05 F1 away or fewer
+  than 20 forged images were scored (``ansm.defense.evaluate.reportable_recovery``);
+* ``retention = f1_clean_def / f1_clean``: what the defense keeps of the clean F1 (1 = harmless);
+* ``fp``: share of pixels flagged on the authentic images (after attack and defense).
 
 Worst case: per image, the lowest defended F1 over every attack at ``eps_main``, then averaged.
 
-Sanity checks (a failure is a bug in an attack, not a result): on the same defense the adaptive attack is never
-weaker than the oblivious ones; F1 never rises with more adaptive steps; F1 never rises with a larger eps for a
-white-box series (adaptive PGD, and PGD on the undefended localizer). ``tolerance`` absorbs F1 noise.
+Sanity checks, each able to fail and each aimed at a real bug (docs/benchmark.md): an unbounded budget takes
+every defense's F1 to ~0 (gradient masking, broken projections); the gradient-free Square attack does not beat
+the gradient attack by more than ``check_margin`` (obfuscated gradients); the gradient attack alone is at least as
+strong as the oblivious ones (a gradient that does not reach the defense); doubling the adaptive steps lowers F1
+by at most ``check_margin`` (convergence); F1 does not rise with eps for the gradient attack (``tolerance``).
+The adaptive row folds the oblivious images into its worst case; the checks use the gradient attack alone.
 """
 
 from __future__ import annotations
@@ -28,16 +34,23 @@ import numpy as np
 
 from ansm.benchmark.config import BenchmarkConfig
 from ansm.benchmark.defenses import Defense
-from ansm.defense.evaluate import recovery
+from ansm.defense.evaluate import reportable_recovery
+from ansm.eval.stats import bootstrap_ci
 from ansm.utils import write_json_atomic, write_text_atomic
 
-SERIES = [("oblivious", "fgsm"), ("oblivious", "pgd"), ("transfer", "pgd"), ("gray-box", "pgd"), ("adaptive", "pgd")]
+SERIES = [("oblivious", "fgsm"), ("oblivious", "pgd"), ("transfer", "pgd"), ("gray-box", "pgd"),
+          ("adaptive-gradient", "pgd"), ("adaptive", "pgd"), ("gradient-free", "square"), ("unbounded", "pgd")]
+SERIES_TEXT = {"adaptive-gradient": "adaptive (gradient only)", "gradient-free": "Square (gradient-free)"}
 THREAT_TEXT = {
     "oblivious": "attacks the bare localizer; the defense is unknown to the attacker (the paper's setting)",
     "transfer": "PGD on a different surrogate localizer, then tested on the target",
     "gray-box": "PGD through a surrogate ANSM trained with another seed (same recipe, unknown weights)",
-    "adaptive": "white-box PGD through defense + localizer end to end (BPDA for non-differentiable steps), "
-                "worst case over objectives and restarts",
+    "adaptive-gradient": "white-box PGD through defense + localizer end to end (BPDA for non-differentiable steps, "
+                         "every attacker view), worst case over views, objectives and restarts",
+    "adaptive": "the adaptive-gradient images or the oblivious ones, whichever is worse per image (an attacker who "
+                "knows the defense may still ignore it)",
+    "gradient-free": "Square attack (score-based, no gradients) on the defended output: the check on obfuscated gradients",
+    "unbounded": "the gradient attack at an eps no defense survives: the check on gradient masking",
 }
 
 
@@ -48,13 +61,16 @@ def _mean(values: list[float], select: list[bool]) -> float:
 
 
 def _stats(res: dict[str, Any]) -> dict[str, float]:
-    return {k: _mean(res[k], res["forged"]) for k in ("f1", "iou", "auc")}
+    out = {k: _mean(res[k], res["forged"]) for k in ("f1", "iou", "auc")}
+    out["fp"] = _mean(res["fp_rate"], [not f for f in res["forged"]]) if "fp_rate" in res else math.nan
+    return out
 
 
-def _agg(values: list[float]) -> tuple[float, float | None]:
+def _agg(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample SD over seeds; ``(None, None)`` when no seed has a value (e.g. no reportable recovery)."""
     v = [x for x in values if x is not None and not math.isnan(x)]
     if not v:
-        return math.nan, None
+        return None, None
     return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
 
 
@@ -71,16 +87,22 @@ def build_report(cfg: BenchmarkConfig, defenses: list[Defense], units: list, cel
     per_image: dict[tuple, dict[str, dict[str, Any]]] = {}
     for u in units:
         c = cells[u.key]
-        key = (u.threat, u.attack, u.eps)
-        for dkey, res in c["defenses"].items():
-            inst.setdefault(key, {})[dkey] = _stats(res)
-            per_image.setdefault(key, {})[dkey] = res
+        parts = [((u.threat, u.attack, u.eps), c["defenses"])]
+        if "gradient_only" in c:
+            parts.append((("adaptive-gradient", u.attack, u.eps), c["gradient_only"]))
+        for key, by_def in parts:
+            for dkey, res in by_def.items():
+                inst.setdefault(key, {})[dkey] = _stats(res)
+                per_image.setdefault(key, {})[dkey] = res
     clean = inst[("clean", None, None)]
     f1_clean = clean["none"]["f1"]
+    n_forged = int(sum(per_image[("clean", None, None)]["none"]["forged"]))
 
     def reference(threat: str, attack: str, eps: float) -> float | None:
-        ref_key = ("oblivious", "pgd", eps) if threat == "gray-box" else (threat, attack, eps)
-        return inst.get(ref_key, {}).get("none", {}).get("f1")
+        """The bare localizer under the same attack; gray-box has none (no surrogate of 'no defense')."""
+        if threat == "gray-box":
+            return None
+        return inst.get((threat, attack, eps), {}).get("none", {}).get("f1")
 
     rows: list[dict[str, Any]] = []
     for (threat, attack, eps), by_def in inst.items():
@@ -94,11 +116,14 @@ def build_report(cfg: BenchmarkConfig, defenses: list[Defense], units: list, cel
             seeds = {}
             for d in present:
                 s = by_def[d.key]
-                seeds[d.key] = {**s, "recovery": recovery(f1_clean, ref, s["f1"]) if ref is not None else None,
+                seeds[d.key] = {**s, "recovery": reportable_recovery(f1_clean, ref, s["f1"], n_forged),
                                 "retention": clean[d.key]["f1"] / f1_clean if f1_clean > 0 else None}
             row: dict[str, Any] = {"threat": threat, "attack": attack, "eps": eps, "defense": group, "n_seeds": len(present)}
-            for metric in ("f1", "iou", "auc", "recovery", "retention"):
+            for metric in ("f1", "iou", "auc", "recovery", "retention", "fp"):
                 row[metric], row[f"{metric}_sd"] = _agg([v[metric] for v in seeds.values()])
+            forged = np.array(per_image[(threat, attack, eps)][present[0].key]["forged"], dtype=bool)
+            row["f1_ci"] = bootstrap_ci(np.array([per_image[(threat, attack, eps)][d.key]["f1"] for d in present],
+                                                 dtype=np.float64)[:, forged], seed=cfg.seed)
             row["f1_ref"] = ref
             row["seeds"] = seeds
             rows.append(row)
@@ -110,7 +135,8 @@ def build_report(cfg: BenchmarkConfig, defenses: list[Defense], units: list, cel
         ret, ret_sd = _agg([clean[d.key]["f1"] / f1_clean if f1_clean > 0 else None for d in members])
         clean_rows[group] = {"f1": f1, "f1_sd": sd, "retention": ret, "retention_sd": ret_sd, "n_seeds": len(members),
                              "iou": _agg([clean[d.key]["iou"] for d in members])[0],
-                             "auc": _agg([clean[d.key]["auc"] for d in members])[0]}
+                             "auc": _agg([clean[d.key]["auc"] for d in members])[0],
+                             "fp": _agg([clean[d.key]["fp"] for d in members])[0]}
 
     # per-image worst case over every attack at eps_main
     worst: dict[str, dict[str, Any]] = {}
@@ -152,7 +178,9 @@ def build_report(cfg: BenchmarkConfig, defenses: list[Defense], units: list, cel
         "rows": rows,
         "worst_case": worst,
         "steps_curves": steps_curves,
-        "threats": {t: THREAT_TEXT[t] for t in ["oblivious", *cfg.threats] if t in THREAT_TEXT},
+        "threats": {t: THREAT_TEXT[t] for t in ["oblivious", *cfg.threats] for t in
+                    (["adaptive-gradient", t, "gradient-free", "unbounded"] if t == "adaptive" else [t])
+                    if t in THREAT_TEXT},
     }
     report["checks"] = sanity_checks(report, cfg)
     report["notes"] = _notes(cfg, report)
@@ -164,28 +192,46 @@ def _row(report: dict[str, Any], threat: str, attack: str, eps: float, group: st
                  and abs(r["eps"] - eps) < 1e-9), None)
 
 
+def _seed_f1(report: dict[str, Any], threat: str, attack: str, eps: float, group: str, key: str) -> float | None:
+    r = _row(report, threat, attack, eps, group)
+    return r["seeds"][key]["f1"] if r and key in r["seeds"] else None
+
+
 def sanity_checks(report: dict[str, Any], cfg: BenchmarkConfig) -> dict[str, Any]:
-    tol = cfg.tolerance
+    """The checks of the module docstring, per trained seed of every defense. Each compares two *different*
+    measurements, so none holds by construction: a broken attack or a masked defense fails one of them."""
+    tol, margin = cfg.tolerance, cfg.check_margin
     results: list[dict[str, Any]] = []
 
     def add(name: str, subject: str, ok: bool, detail: str) -> None:
         results.append({"check": name, "subject": subject, "ok": bool(ok), "detail": detail})
 
+    eps = cfg.eps_main
     for row in report["rows"]:
-        if row["threat"] != "adaptive":
+        if row["threat"] != "adaptive-gradient" or abs(row["eps"] - eps) > 1e-9:
             continue
-        for seed_key, s in row["seeds"].items():
-            obl = [r["seeds"][seed_key]["f1"] for a in ("pgd", "fgsm")
-                   if (r := _row(report, "oblivious", a, row["eps"], row["defense"])) and seed_key in r["seeds"]]
+        group = row["defense"]
+        for key, s in row["seeds"].items():
+            grad = s["f1"]
+            unb = _seed_f1(report, "unbounded", "pgd", cfg.unbounded_eps, group, key)
+            if unb is not None:
+                add("unbounded budget takes F1 to ~0", f"{key} at {_eps_name(cfg.unbounded_eps)}",
+                    unb <= cfg.unbounded_f1_max, f"F1 {unb:.3f} (must be <= {cfg.unbounded_f1_max})")
+            sq = _seed_f1(report, "gradient-free", "square", eps, group, key)
+            if sq is not None:
+                add("gradient-free attack not stronger", f"{key} at {_eps_name(eps)}", sq >= grad - margin,
+                    f"Square F1 {sq:.3f} vs gradient {grad:.3f} (margin {margin})")
+            obl = [f for a in ("pgd", "fgsm") if (f := _seed_f1(report, "oblivious", a, eps, group, key)) is not None]
             if obl:
-                add("adaptive >= oblivious", f"{seed_key} at {_eps_name(row['eps'])}", s["f1"] <= min(obl) + tol,
-                    f"adaptive F1 {s['f1']:.3f} vs oblivious {min(obl):.3f}")
+                add("gradient attack >= oblivious", f"{key} at {_eps_name(eps)}", grad <= min(obl) + margin,
+                    f"gradient F1 {grad:.3f} vs oblivious {min(obl):.3f} (margin {margin})")
+    half = max(1, cfg.adaptive_steps // 2)
     for group, curve in report["steps_curves"].items():
-        ks = list(curve)
-        bad = [(a, b) for a, b in zip(ks, ks[1:]) if curve[b] > curve[a] + tol]
-        add("more steps never raise F1", group, not bad,
-            "F1 " + " -> ".join(f"{curve[k]:.3f}@{k}" for k in ks))
-    for threat, attack in (("adaptive", "pgd"), ("oblivious", "pgd")):
+        a, b = curve.get(str(half)), curve.get(str(cfg.adaptive_steps))
+        if a is not None and b is not None:
+            add("converged (doubling the steps)", group, a - b <= margin,
+                f"F1 {a:.3f} after {half} steps, {b:.3f} after {cfg.adaptive_steps} (margin {margin})")
+    for threat, attack in (("adaptive-gradient", "pgd"), ("oblivious", "pgd")):
         for group in report["clean"]:
             if threat == "oblivious" and group != "none":
                 continue  # an oblivious attacker does not optimise against the defense: not a white-box series
@@ -193,11 +239,12 @@ def sanity_checks(report: dict[str, Any], cfg: BenchmarkConfig) -> dict[str, Any
                             if r["threat"] == threat and r["attack"] == attack and r["defense"] == group)
             if len(series) < 2:
                 continue
-            bad = [(a, b) for a, b in zip(series, series[1:]) if b[1] > a[1] + tol]
-            add("larger eps never raises F1", f"{threat} {attack} on {group}", not bad,
+            bad = [(x, y) for x, y in zip(series, series[1:]) if y[1] > x[1] + tol]
+            add("larger eps never raises F1", f"{SERIES_TEXT.get(threat, threat)} {attack} on {group}", not bad,
                 "F1 " + ", ".join(f"{f:.3f}@{_eps_name(e)}" for e, f in series))
     failed = [r for r in results if not r["ok"]]
-    lines = [f"sanity checks: {len(results) - len(failed)} passed, {len(failed)} failed (tolerance {tol} F1)"]
+    lines = [f"sanity checks: {len(results) - len(failed)} passed, {len(failed)} failed (margin {margin} F1, "
+             f"eps tolerance {tol} F1)"]
     lines += [f"  FAIL {r['check']}: {r['subject']}: {r['detail']}" for r in failed]
     return {"passed": len(results) - len(failed), "failed": len(failed), "results": results, "lines": lines}
 
@@ -205,22 +252,31 @@ def sanity_checks(report: dict[str, Any], cfg: BenchmarkConfig) -> dict[str, Any
 def _notes(cfg: BenchmarkConfig, report: dict[str, Any]) -> list[str]:
     bpda = [g for g, d in report["defenses"].items() if d["bpda"]]
     notes = [
-        f"BPDA (identity backward pass) for the non-differentiable defenses: {', '.join(bpda) or 'none'}. "
-        "None of the defenses is randomized, so EOT reduces to a single sample and is not used.",
+        f"BPDA for the non-differentiable defenses ({', '.join(bpda) or 'none'}): the identity backward pass, and "
+        "for JPEG also a differentiable JPEG approximation; the adaptive attack runs through every such view and "
+        "keeps the worst per image. None of the defenses is randomized, so EOT reduces to one sample.",
         f"Adaptive attack: {cfg.adaptive_steps} PGD steps (alpha eps/4, halved at 50% and 75%), "
-        f"{cfg.adaptive_restarts} random start(s) per objective ({', '.join(cfg.adaptive_objectives)}), per image the "
-        "worst case by defended F1, with the oblivious PGD and FGSM images among the candidates (an attacker who "
-        "knows the defense may still ignore it); each run keeps its best iterate by the objective and, as in "
-        "AutoAttack, attacks only the forged images whose F1 is still above 0. So "
-        "'adaptive >= oblivious' holds image by image by construction, and its check guards the bookkeeping.",
+        f"{cfg.adaptive_restarts} random start(s) per objective ({', '.join(cfg.adaptive_objectives)}), at "
+        f"{', '.join(_eps_name(e) for e in cfg.adaptive_eps)}; per image the worst case by defended F1; as in "
+        "AutoAttack, each run attacks only the forged images whose F1 is still above 0. 'adaptive (gradient only)' "
+        "is that attack alone; 'adaptive' also takes the oblivious PGD/FGSM image where it is worse.",
+        f"Checks: unbounded = the gradient attack at {_eps_name(cfg.unbounded_eps)}, {cfg.unbounded_steps} steps, must "
+        f"leave F1 <= {cfg.unbounded_f1_max}; Square: {cfg.square_queries} queries per objective at "
+        f"{_eps_name(cfg.eps_main)} on the defended output; convergence compares the gradient attack after "
+        f"{max(1, cfg.adaptive_steps // 2)} and {cfg.adaptive_steps} steps (same run, best iterate). Margin "
+        f"{cfg.check_margin} F1.",
         f"Oblivious/transfer/gray-box PGD: {cfg.pgd_steps} steps, alpha 2.5 eps/steps, random start.",
+        f"ANSM here is the benchmark's recipe \"online FFA + MgR\" ({cfg.ansm_stage1_steps} + {cfg.ansm_stage2_steps} "
+        f"steps, batch {cfg.ansm_batch}, online attacks), not the demo's \"offline pixel alignment + MgR\".",
+        f"Equal budgets: the denoisers get ANSM's network, eps_d and {cfg.ansm_stage1_steps + cfg.ansm_stage2_steps} "
+        f"steps at batch {cfg.ansm_batch} (pixel L1, or L1 on the localizer's tapped features, HGD-style); "
+        f"adversarial fine-tuning gets {cfg.advft_budget} steps at batch {cfg.ansm_batch}, every example PGD at "
+        f"{_eps_name(cfg.advft_eps)}, with the target's benign-noise augmentation kept.",
         f"Seeds: ANSM {cfg.ansm_seeds}, trained baselines {cfg.baseline_seeds}; ± is the sample SD over seeds "
-        "(no ± with one seed).",
-        "Denoiser baselines use ANSM's network, eps_d and total step budget, trained with a pixel L1 loss or an "
-        "L1 loss on the localizer's tapped features (HGD-style).",
+        "(no ± with one seed); [lo, hi] is a bootstrap 95% interval over images.",
     ]
     if cfg.preset == "quick":
-        notes.append("quick preset (2 CPU cores): 64x64 held-out synthetic images, the demo's training recipes, "
+        notes.append("quick preset (2 CPU cores): 64x64 held-out synthetic test images, "
                      f"{cfg.ansm_seeds} ANSM seeds and {cfg.baseline_seeds} seed per baseline, "
                      f"{cfg.adaptive_restarts} restart per objective; `--preset full` (GPU) uses 3 seeds of "
                      "everything, 3 restarts and 200 steps.")
@@ -234,15 +290,21 @@ def _fmt(v: float | None, sd: float | None = None) -> str:
     return f"{v:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
 
 
+def _ci(ci: Any) -> str:
+    if not ci or any(c is None or math.isnan(c) for c in ci):
+        return "n/a"
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def summary_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The headline table at eps_main: one row per defense, oblivious next to adaptive numbers."""
     eps = report["config"]["eps_main"]
     header = ["defense", "seeds", "clean F1", "retention", "oblivious FGSM", "oblivious PGD", "transfer PGD",
-              "gray-box PGD", "adaptive", "worst case"]
+              "gray-box PGD", "adaptive (gradient only)", "adaptive", "Square (gradient-free)", "worst case"]
     body = []
     for group, c in report["clean"].items():
         cells = [group, str(c["n_seeds"]), _fmt(c["f1"], c["f1_sd"]), _fmt(c["retention"], c["retention_sd"])]
-        for threat, attack in SERIES:
+        for threat, attack in SERIES[:-1]:  # the unbounded check is at another eps: in the detail table
             r = _row(report, threat, attack, eps, group)
             cells.append(_fmt(r["f1"], r["f1_sd"]) if r else "n/a")
         w = report["worst_case"][group]
@@ -252,9 +314,11 @@ def summary_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def detail_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["threat", "attack", "eps", "defense", "seeds", "F1", "IoU", "AUC", "recovery", "retention"]
-    body = [[r["threat"], r["attack"], _eps_name(r["eps"]), r["defense"], str(r["n_seeds"]), _fmt(r["f1"], r["f1_sd"]),
-             _fmt(r["iou"]), _fmt(r["auc"]), _fmt(r["recovery"], r["recovery_sd"]), _fmt(r["retention"])]
+    header = ["threat", "attack", "eps", "defense", "seeds", "F1", "F1 95% CI (images)", "IoU", "AUC", "recovery",
+              "retention", "authentic FP"]
+    body = [[SERIES_TEXT.get(r["threat"], r["threat"]), r["attack"], _eps_name(r["eps"]), r["defense"], str(r["n_seeds"]),
+             _fmt(r["f1"], r["f1_sd"]), _ci(r.get("f1_ci")), _fmt(r["iou"]), _fmt(r["auc"]),
+             _fmt(r["recovery"], r["recovery_sd"]), _fmt(r["retention"]), _fmt(r.get("fp"))]
             for r in sorted(report["rows"], key=lambda r: ([t for t, _ in SERIES].index(r["threat"]), r["attack"], r["eps"]))]
     return header, body
 

@@ -1,8 +1,9 @@
 """``run_benchmark``: train or load every model, attack under every threat model, score every defense.
 
 The work is split into *units*: one unit is one way of crafting adversarial images (threat model, attack, eps
-and, for gray-box and adaptive attacks, the defense attacked), run over the whole test set and scored on the
-defenses it concerns. Each finished unit is written to ``<out>/cells/<unit>.json`` (per-image F1, IoU and AUC),
+and, for gray-box, adaptive and the check attacks, the defense attacked), run over the whole test set and scored
+on the defenses it concerns. Besides the threat models, two units per defense exist for the sanity checks: the
+adaptive attack at an unbounded budget, and the gradient-free Square attack. Each finished unit is written to ``<out>/cells/<unit>.json`` (per-image F1, IoU and AUC),
 so a killed benchmark resumes at the first unfinished unit; the report is rebuilt from those files.
 """
 
@@ -19,20 +20,20 @@ import torch
 
 from ansm.benchmark.config import BenchmarkConfig
 from ansm.benchmark.defenses import Defense, Step, build_defenses
-from ansm.benchmark.threats import adaptive_attack, fgsm, pgd
+from ansm.benchmark.threats import adaptive_attack, fgsm, gradient_free_attack, pgd
 from ansm.errors import CheckpointError
 from ansm.eval.metrics import LocalizationMeter
 from ansm.utils import resolve_device, seeded_generator, write_json_atomic
 
-_PER_IMAGE = ("names", "forged", "f1", "iou", "auc")  # what a cell file keeps per image
+_PER_IMAGE = ("names", "forged", "f1", "iou", "auc", "fp_rate")  # what a cell file keeps per image
 # Settings that may change between a run and its resumption (they do not change any number).
-_RESUME_FREE = ("device", "batch_size", "preset", "tolerance")
+_RESUME_FREE = ("device", "batch_size", "preset", "tolerance", "check_margin", "unbounded_f1_max")
 
 
 @dataclass(frozen=True)
 class Unit:
-    threat: str  # clean | oblivious | transfer | gray-box | adaptive
-    attack: str | None  # fgsm | pgd | None (clean)
+    threat: str  # clean | oblivious | transfer | gray-box | adaptive | unbounded | gradient-free
+    attack: str | None  # fgsm | pgd | square | None (clean)
     eps: float | None
     defense: str | None = None  # the one defense attacked (gray-box, adaptive); None: scored on all
 
@@ -52,6 +53,8 @@ def plan_units(cfg: BenchmarkConfig, defenses: list[Defense]) -> list[Unit]:
         units += [Unit("gray-box", "pgd", e, d.key) for d in defenses if d.surrogate is not None for e in cfg.adaptive_eps]
     if "adaptive" in cfg.threats:
         units += [Unit("adaptive", "pgd", e, d.key) for d in defenses for e in cfg.adaptive_eps]
+        units += [Unit("unbounded", "pgd", cfg.unbounded_eps, d.key) for d in defenses]
+        units += [Unit("gradient-free", "square", cfg.eps_main, d.key) for d in defenses]
     return units
 
 
@@ -102,6 +105,7 @@ def run_unit(unit: Unit, cfg: BenchmarkConfig, batches: list, defenses: list[Def
     by_key = {d.key: d for d in defenses}
     scored = [by_key[unit.defense]] if unit.defense else defenses
     meters = {d.key: LocalizationMeter() for d in scored}
+    gradient_only = LocalizationMeter()  # adaptive units: the gradient attacks alone, for the checks
     curves: dict[int, list[float]] = {}
     for b, (x, m, names) in enumerate(batches):
         x, m = x.to(device), m.to(device)
@@ -114,18 +118,27 @@ def run_unit(unit: Unit, cfg: BenchmarkConfig, batches: list, defenses: list[Def
             x_a = pgd(surrogate, unit.eps, cfg.pgd_steps)(x, m, generator=gen)
         elif unit.threat == "gray-box":
             x_a = pgd(scored[0].surrogate.attacker_view(), unit.eps, cfg.pgd_steps)(x, m, generator=gen)
+        elif unit.threat == "gradient-free":
+            x_a = gradient_free_attack(scored[0].logits, x, m, unit.eps, cfg.square_queries, cfg.adaptive_objectives, gen)
+        elif unit.threat == "unbounded":
+            x_a = adaptive_attack(scored[0].attacker_views(), scored[0].logits, x, m, unit.eps, cfg.unbounded_steps, 1,
+                                  cfg.adaptive_objectives, gen).gradient
         else:
             d = scored[0]
             curve_at = cfg.steps_curve if abs(unit.eps - cfg.eps_main) < 1e-9 else ()
             ignore_defense = [oblivious_images(Unit("oblivious", a, unit.eps), cfg, target, x, m, b) for a in ("pgd", "fgsm")]
-            x_a, curve = adaptive_attack(d.attacker_view(), d.logits, x, m, unit.eps, cfg.adaptive_steps,
-                                         cfg.adaptive_restarts, cfg.adaptive_objectives, gen, curve_at, ignore_defense)
-            for k, f1 in curve.items():
+            res = adaptive_attack(d.attacker_views(), d.logits, x, m, unit.eps, cfg.adaptive_steps, cfg.adaptive_restarts,
+                                  cfg.adaptive_objectives, gen, curve_at, ignore_defense)
+            x_a = res.worst
+            gradient_only.update(torch.sigmoid(d.logits(res.gradient)), m, names)
+            for k, f1 in res.curve.items():
                 curves.setdefault(k, []).extend(f1.cpu().tolist())
         for d in scored:
             meters[d.key].update(torch.sigmoid(d.logits(x_a)), m, names)
         advance(len(names))
     result: dict[str, Any] = {"unit": asdict(unit), "defenses": {k: _meter_dict(v) for k, v in meters.items()}}
+    if unit.threat == "adaptive":
+        result["gradient_only"] = {unit.defense: _meter_dict(gradient_only)}
     if curves:
         result["curve"] = {str(k): v for k, v in sorted(curves.items())}
     return result

@@ -11,7 +11,10 @@
   defended F1 (a white-box attacker knows the ground truth it is trying to break); like AutoAttack, each run
   attacks only the forged images whose F1 is still above 0. The oblivious attacks' images are candidates too: an attacker who knows the defense can still choose to ignore it, and BPDA through
   a JPEG codec is a poor enough gradient that ignoring it is sometimes the stronger move (measured: on a small
-  run, BPDA-PGD through JPEG-75 left F1 0.16 where the oblivious PGD left 0.01).
+  run, BPDA-PGD through JPEG-75 left F1 0.16 where the oblivious PGD left 0.01). The gradient attacks' own worst
+  case is kept apart (``AdaptiveResult.gradient``) for the sanity checks, which must be able to fail.
+* **gradient-free** (a check, not a threat model of its own): the Square attack on the defended pipeline's output.
+* **unbounded** (a check): the adaptive attack at an eps no defense survives (64/255 by default).
 
 :class:`TrackedPGD` keeps, per image, the iterate with the best objective so far (AutoAttack's practice), and
 snapshots it at the step counts of the convergence curve, so "F1 after k steps" comes from the same run.
@@ -20,7 +23,8 @@ snapshots it at the step counts of the convergence curve, so "F1 after k steps" 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -75,40 +79,83 @@ def _f1(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, m: t
     return f1_score(torch.sigmoid(logits_fn(x)), m).to(x.device)
 
 
-def adaptive_attack(view: Model, score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, m: torch.Tensor,
-                    eps: float, steps: int, restarts: int, objectives: Sequence[str], generator: torch.Generator,
-                    checkpoints: Sequence[int] = (), candidates: Sequence[torch.Tensor] = (),
-                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """White-box worst case: per image, the candidate with the lowest defended F1.
+@dataclass
+class AdaptiveResult:
+    """What one white-box attack on one batch found.
+
+    Attributes:
+        gradient: per image, the gradient attacks' worst case alone (every attacker view, objective and
+            restart): the number the sanity checks judge, since nothing is folded into it by construction.
+        worst: per image, the lower-F1 of ``gradient`` and the candidates (the oblivious images): the attacker
+            who knows the defense may still ignore it; this is the adaptive row of the report.
+        curve: ``{k: per-image defended F1 of the gradient worst case after k steps}``.
+    """
+
+    gradient: torch.Tensor
+    worst: torch.Tensor
+    curve: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def _keep_lower(best: torch.Tensor, best_f1: torch.Tensor, cand: torch.Tensor, f1: torch.Tensor,
+                idx: torch.Tensor | None = None) -> None:
+    """In place: where ``f1`` is lower, take ``cand`` (on the rows ``idx``, or all)."""
+    rows = slice(None) if idx is None else idx
+    f1 = f1.to(best_f1.dtype)
+    better = f1 < best_f1[rows]
+    best[rows] = torch.where(better.view(-1, 1, 1, 1), cand, best[rows])
+    best_f1[rows] = torch.where(better, f1, best_f1[rows])
+
+
+def adaptive_attack(views: Model | Mapping[str, Model], score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    m: torch.Tensor, eps: float, steps: int, restarts: int, objectives: Sequence[str],
+                    generator: torch.Generator, checkpoints: Sequence[int] = (), candidates: Sequence[torch.Tensor] = (),
+                    ) -> AdaptiveResult:
+    """White-box worst case, per image, by the defended F1 (:class:`AdaptiveResult`).
 
     Args:
-        view: the attacker's differentiable model of the defended pipeline (logits).
+        views: the attacker's differentiable model(s) of the defended pipeline (logits), e.g. BPDA with the
+            identity and with a differentiable JPEG; each is attacked and the per-image worst kept.
         score: the defended pipeline as the analyst runs it (logits, exact preprocessing).
-        candidates: adversarial images from other attacks (the oblivious ones) that join the worst case from step 0.
-    Returns:
-        (adversarial images, ``{k: per-image defended F1 of the worst case after k steps}``).
+        candidates: adversarial images from other attacks (the oblivious ones), folded into ``worst`` only.
+    """
+    views = dict(views) if isinstance(views, Mapping) else {"view": views}
+    grad, grad_f1 = x.clone(), torch.full((x.shape[0],), math.inf, device=x.device)
+    curve: dict[int, torch.Tensor] = {int(k): grad_f1.clone() for k in checkpoints if 0 <= int(k) <= steps}
+    forged = m.flatten(1).any(1)
+    for view in views.values():
+        for objective in objectives:
+            for _ in range(restarts):
+                # AutoAttack's practice: each run attacks only the images still standing (forged, F1 > 0); an image
+                # already at F1 0 cannot get worse, and authentic images do not enter the forged-image means.
+                idx = ((grad_f1 > 0) & forged).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                atk = TrackedPGD(view, eps=eps, steps=steps, objective=objective, checkpoints=list(curve))
+                cand = atk(x[idx], m[idx], generator=generator)
+                _keep_lower(grad, grad_f1, cand, _f1(score, cand, m[idx]), idx)
+                for k, snap in atk.snapshots.items():
+                    curve[k][idx] = torch.minimum(curve[k][idx], _f1(score, snap.to(x.device), m[idx]).to(grad_f1.dtype))
+    # images never attacked (authentic, or at F1 0 from the start) keep their clean score
+    untouched = torch.isinf(grad_f1)
+    if untouched.any():
+        grad_f1[untouched] = _f1(score, x[untouched], m[untouched]).to(grad_f1.dtype)
+        for k in curve:
+            curve[k][untouched] = grad_f1[untouched]
+    worst, worst_f1 = grad.clone(), grad_f1.clone()
+    for cand in candidates:
+        _keep_lower(worst, worst_f1, cand, _f1(score, cand, m))
+    return AdaptiveResult(grad, worst, curve)
+
+
+def gradient_free_attack(score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, m: torch.Tensor, eps: float,
+                         queries: int, objectives: Sequence[str], generator: torch.Generator) -> torch.Tensor:
+    """Square attack (score-based, no gradients) on the defended pipeline itself, per image worst over objectives.
+
+    It sees only the analyst's output, so gradient masking (a rounding step, a hard clip, BPDA that points the
+    wrong way) cannot hide the defense's weakness from it: if it beats the gradient attacks, they were fooled.
     """
     worst, worst_f1 = x.clone(), torch.full((x.shape[0],), math.inf, device=x.device)
-    for cand in candidates:
-        f1 = _f1(score, cand, m)
-        better = f1 < worst_f1
-        worst = torch.where(better.view(-1, 1, 1, 1), cand, worst)
-        worst_f1 = torch.where(better, f1, worst_f1)
-    curve: dict[int, torch.Tensor] = {int(k): worst_f1.clone() for k in checkpoints if 0 <= int(k) <= steps}
-    forged = m.flatten(1).any(1)
     for objective in objectives:
-        for _ in range(restarts):
-            # AutoAttack's practice: each run attacks only the images still standing (forged, F1 > 0); an image
-            # already at F1 0 cannot get worse, and authentic images do not enter the forged-image means.
-            idx = ((worst_f1 > 0) & forged).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            atk = TrackedPGD(view, eps=eps, steps=steps, objective=objective, checkpoints=list(curve))
-            cand = atk(x[idx], m[idx], generator=generator)
-            f1 = _f1(score, cand, m[idx])
-            better = f1 < worst_f1[idx]
-            worst[idx] = torch.where(better.view(-1, 1, 1, 1), cand, worst[idx])
-            worst_f1[idx] = torch.where(better, f1, worst_f1[idx])
-            for k, snap in atk.snapshots.items():
-                curve[k][idx] = torch.minimum(curve[k][idx], _f1(score, snap.to(x.device), m[idx]))
-    return worst, curve
+        cand = create_attack("square", score, eps=eps, queries=queries, objective=objective)(x, m, generator=generator)
+        _keep_lower(worst, worst_f1, cand, _f1(score, cand, m))
+    return worst
