@@ -44,7 +44,7 @@ def forged_png(forged_sample: dict[str, torch.Tensor], tmp_path_factory: pytest.
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def live_server(trained_localizer_path: Path, tiny_ansm_path: Path, tmp_path_factory: pytest.TempPathFactory):
     """``ansm serve`` for real, in a subprocess on a free port (``--port 0``): yields the page's URL."""
     import os

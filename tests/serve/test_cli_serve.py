@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -35,6 +36,12 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, extra: list[str], words
 def test_missing_checkpoint_is_an_error(tmp_path: Path) -> None:
     res = runner.invoke(app, ["serve", "--ansm", str(tmp_path / "nope"), "--port", "0"])
     assert res.exit_code == 2 and "error:" in res.output and "nope" in res.output
+
+
+def test_without_the_serve_extra_the_error_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # what `import uvicorn` meets when it is not installed
+    res = runner.invoke(app, ["serve", "--ansm", str(tmp_path / "ansm")])
+    assert res.exit_code == 2 and "uvicorn is missing" in res.output and 'pip install -e ".[serve]"' in res.output
 
 
 def test_port_in_use_is_an_error(tiny_ansm_path: Path) -> None:
