@@ -40,7 +40,7 @@ def benchmark_cmd(
     threats: Optional[str] = typer.Option(None, help="Comma-separated subset of: oblivious, transfer, gray-box, adaptive."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any setting, e.g. --set adaptive_steps=200 (repeatable)."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
-    strict: bool = typer.Option(True, help="Exit with status 1 when a sanity check fails (a failure is an attack bug)."),
+    strict: bool = typer.Option(True, help="Exit with status 1 when a sanity check fails (the numbers cannot then be trusted as they are)."),
 ) -> None:
     """Run a grid of attacks x defenses x eps and write report.md, report.json and a self-contained report.html
     with plots (F1 against eps, F1 against attack steps, per-image worst case).
