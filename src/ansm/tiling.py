@@ -1,12 +1,12 @@
 """Run per-pixel models over large images in overlapping tiles, so peak memory follows the tile, not the image.
 
-A localizer's activations cost about 1 GB per megapixel on a CPU (a 12 MP photo needs ~13 GB in one forward
-pass). Cutting the image into tiles of ``tile`` x ``tile`` pixels (default 512) that overlap by ``overlap``
-pixels (default 64; a quarter of tiles under 256 px), running the model on each tile and keeping only each
-tile's *centre* (the overlap is cut at its middle, so every kept pixel has at least ``overlap // 2`` = 32 px of
-real context on each side that is not an image border) bounds the model's memory by one tile. What remains
-proportional to the image is the image itself and the per-pixel outputs (a few bytes per pixel and channel),
-not the network's activations.
+A localizer's activations cost about 0.8-1 GB per megapixel on a CPU (~10-13 GB for a 12 MP photo in one
+forward pass). Cutting the image into tiles of ``tile`` x ``tile`` pixels (default 512) that overlap by
+``overlap`` pixels (default 64; a quarter of tiles under 256 px), running the model on each tile and keeping
+only each tile's *centre* (the overlap is cut at its middle, rounded down to the alignment below, so every kept
+pixel has ``overlap // 2`` = 32 px, less at most ``align - 1``, of real context on each side that is not an
+image border) bounds the model's memory by one tile. What remains proportional to the image is the image
+itself and the per-pixel outputs (a few bytes per pixel and channel), not the network's activations.
 
 Why centre-crop stitching rather than blending with a smooth window: for a fully convolutional model whose
 receptive field radius is at most ``overlap // 2`` (ANSM with its default dilations: 13 px), every kept pixel
@@ -41,7 +41,7 @@ from ansm.errors import ConfigError
 DEFAULT_TILE = 512
 """Tile side in pixels: ~0.26 MP, about 0.3 GB of localizer activations on a CPU."""
 DEFAULT_OVERLAP = 64
-"""Overlap between neighbouring tiles; each kept pixel has >= 32 px of context beyond its tile's kept centre."""
+"""Overlap between neighbouring tiles: the kept centres leave ~32 px of context on each inner side."""
 MIN_TILE = 64
 """Smaller tiles would be mostly overlap (and below the localizers' coarsest feature map)."""
 AUTO_TILE_PIXELS = 1024 * 1024
