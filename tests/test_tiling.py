@@ -216,13 +216,22 @@ def test_12mp_evaluate_on_the_tiled_path_stays_within_the_rss_bound(tmp_path: Pa
     data = _write_pair(tmp_path / "big", 4000, 3000)
     out = tmp_path / "eval.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", "from ansm.cli import main; main()", "evaluate", "--model",
-                             str(ckpt), "--data", str(data), "--device", "cpu", "--json", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)  # the fresh child's own peak RSS (KiB on Linux)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
-    rss_mib = usage.ru_maxrss / 1024
+    # The child reports its own high-water mark (VmHWM) at exit. Not wait4's ru_maxrss: on Linux exec carries the
+    # forked copy of the parent's peak into it, so a long pytest session (GBs) would be measured, not the command.
+    hwm = tmp_path / "hwm.txt"
+    child = ("import atexit, sys\n"
+             "path = sys.argv.pop(1)\n"
+             "def report():\n"
+             "    with open('/proc/self/status') as f:\n"
+             "        open(path, 'w').write(next(l for l in f if l.startswith('VmHWM:')).split()[1])\n"
+             "atexit.register(report)\n"
+             "from ansm.cli import main\n"
+             "main()\n")
+    proc = subprocess.run([sys.executable, "-c", child, str(hwm), "evaluate", "--model", str(ckpt), "--data", str(data),
+                           "--device", "cpu", "--json", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    rss_mib = int(hwm.read_text()) / 1024  # KiB
     assert json.loads(out.read_text())["datasets"]["big"]["n_images"] == 1
     assert rss_mib < RSS_BOUND_MIB, f"peak RSS {rss_mib:.0f} MiB"
 
