@@ -42,8 +42,8 @@ from ansm.attacks.base import Attack, eval_mode
 from ansm.data.io import write_png
 from ansm.errors import ConfigError, DataError
 from ansm.eval.metrics import f1_score
-from ansm.utils import dumps_json, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from ansm.tiling import model_align, resolve_tile, tiled_apply, tiled_attack
+from ansm.utils import dumps_json, read_json, read_jsonl, write_json_atomic, write_text_atomic
 
 FORMAT_VERSION = 1
 
