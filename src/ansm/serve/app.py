@@ -27,15 +27,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ansm.data.io import image_to_tensor, tensor_to_uint8
+from ansm.data.io import pil_to_tensor, tensor_to_uint8
 from ansm.defense.inference import overlay
-from ansm.errors import AnsmError
+from ansm.errors import AnsmError, DataError
 from ansm.tiling import model_align, resolve_tile, tiled_apply
 from ansm.utils import parse_eps
 
@@ -100,12 +99,14 @@ def decode_upload(data: bytes, limits: ServeLimits) -> tuple[torch.Tensor, int, 
         raise UploadError(400, f"corrupt image: {exc.__class__.__name__}: {exc}") from None
     if w < 8 or h < 8:
         raise UploadError(400, f"image too small: {w}x{h} pixels (at least 8x8)")
-    if img.mode in ("I;16", "I;16B", "I", "F"):  # 16-bit / float greyscale, rescaled as ansm.data.io.read_image does
-        arr = np.asarray(img, dtype=np.float64)
-        arr = np.clip(arr / (65535.0 if arr.max() > 255 else 255.0), 0, 1)
-        x = torch.from_numpy(np.repeat(arr[None], 3, axis=0)).float()
-    else:
-        x = image_to_tensor(np.asarray(img.convert("RGB")))
+    try:  # orientation, 16-bit and float greyscale exactly as ansm.data.io.read_image reads a file
+        ImageOps.exif_transpose(img, in_place=True)
+        x = pil_to_tensor(img, "upload")
+    except DataError as exc:
+        raise UploadError(400, str(exc)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UploadError(400, f"corrupt image: {exc.__class__.__name__}: {exc}") from None
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # as displayed (after the EXIF orientation)
     if max(h, w) > limits.max_side:
         scale = limits.max_side / max(h, w)
         size = [max(1, round(s * scale)) for s in (h, w)]
