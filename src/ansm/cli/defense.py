@@ -102,7 +102,10 @@ def defend_cmd(
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
 ) -> None:
     """Write defended images, predicted masks with and without ANSM, and side-by-side overlays
-    (input | without defense | with defense, tampered pixels in red) for every image."""
+    (input | without defense | with defense, tampered pixels in red) for every image.
+
+    Outputs are named <stem>_defended.png, <stem>_mask.png, ...; inputs sharing a stem (a.png and a.jpg) keep
+    their extension instead (a_png_defended.png, a_jpg_defended.png), so none overwrites another."""
     integer(max_side, "--max-side", minimum=8)
     output_dir(out, "--out")
     validate_tile(tile)
