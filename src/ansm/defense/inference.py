@@ -8,8 +8,10 @@ For every input image ``<id>`` the output folder gets
 * ``<id>_overlay.png``    input | prediction without defense | prediction with defense, tampered pixels in red,
   for a person to look at;
 
-and ``defend.json`` lists per-image predicted tampered area with and without the defense. Images run one at a
-time at native size (or downscaled to ``max_side``); large ones (see ``tile``) in overlapping tiles
+and ``defend.json`` lists per-image predicted tampered area with and without the defense. ``<id>`` is the
+file's stem, unless two inputs share one (``a.png`` and ``a.jpg``): then each keeps its extension in its id
+(``a_png``, ``a_jpg``), so no output overwrites another (:func:`output_ids`); ``defend.json`` names every
+input. Images run one at a time at native size (or downscaled to ``max_side``); large ones (see ``tile``) in overlapping tiles
 (:mod:`ansm.tiling`), so the networks' memory is that of one tile. Every file is written atomically.
 """
 
@@ -47,6 +49,31 @@ def list_images(path: str | os.PathLike) -> list[Path]:
     return files
 
 
+def output_ids(files: list[Path]) -> list[str]:
+    """One output id per input: the stem, or ``<stem>_<ext>`` for stems shared by several inputs.
+
+    Why only on collision: ids stay the familiar stems for the usual folder; why the extension: it says which
+    input an output came from. Stems are compared case-insensitively (``A.png`` and ``a.jpg`` would overwrite
+    each other's outputs on macOS and Windows); a derived id that is still taken gets ``-2``, ``-3``, ..."""
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f.stem.lower()] = counts.get(f.stem.lower(), 0) + 1
+    ids: list[str] = []
+    taken = {f.stem.lower() for f in files if counts[f.stem.lower()] == 1}
+    for f in files:
+        if counts[f.stem.lower()] == 1:
+            ids.append(f.stem)
+            continue
+        base = f"{f.stem}_{f.suffix.lstrip('.').lower()}"
+        new, i = base, 1
+        while new.lower() in taken:
+            i += 1
+            new = f"{base}-{i}"
+        taken.add(new.lower())
+        ids.append(new)
+    return ids
+
+
 def overlay(image: torch.Tensor, prob: torch.Tensor, color: tuple[float, float, float] = (1.0, 0.0, 0.0),
             strength: float = 0.55) -> torch.Tensor:
     """Blend ``color`` into ``image`` (3xHxW) where ``prob`` (1xHxW) > 0.5."""
@@ -80,7 +107,7 @@ def defend_images(ansm: nn.Module, localizer: nn.Module, inputs: str | os.PathLi
     ansm.eval()
     localizer.eval()
     rows = []
-    for path in files:
+    for path, stem in zip(files, output_ids(files)):
         x = read_image(path)
         if max_side is not None and max(x.shape[-2:]) > max_side:
             scale = max_side / max(x.shape[-2:])
@@ -99,7 +126,6 @@ def defend_images(ansm: nn.Module, localizer: nn.Module, inputs: str | os.PathLi
             p_def = torch.sigmoid(tiled_apply(localizer, x_d, tile=t, align=align))[0].cpu()
         del xb
         x_d = x_d[0].cpu()
-        stem = path.stem
         write_png(root / f"{stem}_defended.png", x_d)
         write_mask(root / f"{stem}_mask.png", p_def)
         write_mask(root / f"{stem}_mask_nodef.png", p_nodef)
