@@ -112,6 +112,8 @@ def evaluate_cmd(
 
     Definitions are in the README (Metrics). A folder whose subfolders are datasets (like ../shared/data) is
     evaluated per subfolder; images run at their own size unless --max-side is given, large ones in tiles (--tile).
+    Datasets whose names collide (x/casia and y/casia) are all kept, as casia, casia-2, ...; --json records each
+    key's folder under "sources".
     """
     validate_tile(tile)
     integer(max_side, "--max-side", minimum=8)
@@ -120,18 +122,14 @@ def evaluate_cmd(
     output_file(json_path, "--json")
     from rich.table import Table
 
-    from ansm.data.datasets import discover_datasets, open_data
+    from ansm.data.datasets import collect_datasets
     from ansm.eval.evaluate import evaluate
     from ansm.eval.readme import fmt
     from ansm.models.resolve import resolve_localizer
     from ansm.utils import resolve_device, write_json_atomic
 
-    datasets = {}
-    for spec in data:
-        if spec.startswith("synthetic:"):
-            datasets[spec] = open_data(spec, size=size)
-        else:
-            datasets.update(discover_datasets(spec, max_side=max_side, resize_masks=resize_masks))
+    # unique keys: x/casia and y/casia are both kept (casia, casia-2); "sources" in the JSON says which is which
+    datasets, sources = collect_datasets(data, size=size, max_side=max_side, resize_masks=resize_masks)
     dev = resolve_device(device)
     localizer = resolve_localizer(model, weights=weights).to(dev).eval()
     results: dict[str, dict[str, float]] = {}
@@ -150,5 +148,5 @@ def evaluate_cmd(
 
     Console(markup=False).print(table)  # dataset and model names are printed as given
     if json_path:
-        write_json_atomic(json_path, {"model": model, "datasets": results})
+        write_json_atomic(json_path, {"model": model, "datasets": results, "sources": sources})
         console.print(f"wrote {json_path}")

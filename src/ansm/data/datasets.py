@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +193,34 @@ def discover_datasets(path: str | os.PathLike, **kwargs: Any) -> dict[str, Forge
     if not found:
         raise DataError(f"{p}: no dataset found in it or in its subfolders")
     return found
+
+
+def collect_datasets(specs: Iterable[str], *, size: int = 128,
+                     **kwargs: Any) -> tuple[dict[str, torch.utils.data.Dataset], dict[str, str]]:
+    """Every ``--data`` of a command -> (``{key: dataset}``, ``{key: source}``), keys unique.
+
+    Why: keys come from folder names, so ``x/casia`` and ``y/casia`` (or two folders of datasets that both hold
+    ``casia1``) would overwrite each other and one would vanish from the results. A later dataset whose name is
+    taken gets ``<name>-2``, ``<name>-3``, ... and the sources say which folder each key is; the same path
+    given twice is evaluated once."""
+    datasets: dict[str, torch.utils.data.Dataset] = {}
+    sources: dict[str, str] = {}
+    for spec in specs:
+        if str(spec).startswith("synthetic:"):
+            found: dict[str, Any] = {str(spec): open_data(spec, size=size)}
+            where = {str(spec): str(spec)}
+        else:
+            found = discover_datasets(spec, **kwargs)
+            where = {name: str(Path(getattr(ds, "path", spec)).resolve()) for name, ds in found.items()}
+        for name, ds in found.items():
+            if where[name] in sources.values():
+                continue  # the same dataset named twice
+            key, i = name, 1
+            while key in datasets:
+                i += 1
+                key = f"{name}-{i}"
+            datasets[key], sources[key] = ds, where[name]
+    return datasets, sources
 
 
 def open_data(spec: str | os.PathLike, *, size: int = 128, seed: int = 0, **kwargs: Any) -> torch.utils.data.Dataset:
