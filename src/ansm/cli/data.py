@@ -13,7 +13,8 @@ from ansm.validate import output_dir
 
 @command("synth", example="ansm synth --out data/synth-train --n 500 --split train --seed 0")
 def synth_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-run to resume)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: new, empty, or made with the same settings "
+                                                     "(resumes or extends it; other settings are refused)."),
     n: int = typer.Option(200, "--n", "-n", help="Number of samples (forgeries plus authentic negatives)."),
     split: str = typer.Option("train", help="train, val or test: disjoint photos and scenes (choose on val, report test once)."),
     seed: int = typer.Option(0, help="Sample i is a pure function of (seed, split, i)."),

@@ -20,6 +20,7 @@ samples are drawn in.
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +34,8 @@ from skimage.draw import ellipse as draw_ellipse, polygon as draw_polygon
 
 from ansm.data.io import image_to_tensor
 from ansm.data.sources import photos
-from ansm.errors import ConfigError
-from ansm.utils import atomic_path, write_json_atomic
+from ansm.errors import ConfigError, DataError
+from ansm.utils import atomic_path, read_json, write_json_atomic
 
 KINDS = ("splice", "copymove", "removal", "authentic")
 _SPLIT_CODE = {"train": 0, "test": 1, "val": 2}  # seeds the per-sample generator; old codes kept
@@ -254,10 +255,16 @@ def synthesize_folder(out_dir: str | os.PathLike, n: int, seed: int = 0, split: 
     under ``authentic/``, and ``synth.json`` with the parameters of every sample.
 
     Resumable: every file is written atomically and existing complete samples are skipped, so re-running after
-    an interruption finishes the same folder.
+    an interruption (or with a larger ``n``) finishes the same folder. A folder is only resumed with the settings
+    it was made with (:func:`check_synth_folder`): ``synth.json`` records them before the first sample.
     """
     out = Path(out_dir)
     cfg = SynthConfig(size=size)
+    settings = json.loads(json.dumps({"seed": seed, "split": split, "config": asdict(cfg),  # as read back
+                                      "source": str(Path(source).resolve()) if source is not None else None}))
+    photos(source, split)  # a bad source fails before the folder is touched
+    check_synth_folder(out, settings, n)
+    write_json_atomic(out / "synth.json", {**settings, "n": n, "complete": False, "samples": []})
     records = []
     for i in range(n):
         r = render_forgery(i, seed, split, cfg, source)
@@ -277,8 +284,44 @@ def synthesize_folder(out_dir: str | os.PathLike, n: int, seed: int = 0, split: 
         records.append({"id": name, "kind": r.kind, "file": str(img_path.relative_to(out)), **r.params})
         if on_sample:
             on_sample()
-    write_json_atomic(out / "synth.json", {"seed": seed, "split": split, "config": asdict(cfg), "samples": records})
+    write_json_atomic(out / "synth.json", {**settings, "n": n, "complete": True, "samples": records})
     return out
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``["seed 0 -> 1", "config.size 128 -> 64"]``: what changed, for the refusal message."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return out
+
+
+def check_synth_folder(out: Path, settings: dict[str, Any], n: int) -> None:
+    """Refuse to write into a non-empty folder unless it is a ``synth`` folder made with the same settings.
+
+    Why: samples are named by split and index only, so writing seed 1 into a seed-0 folder would skip the
+    existing files and leave a dataset that mixes both, with an index describing neither. Same settings resume
+    (and a larger ``n`` extends); a smaller ``n`` is refused too, as the extra samples would stay in the folder."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    index = out / "synth.json"
+    fix = "use a new --out folder, or delete it to regenerate"
+    if not index.is_file():
+        raise ConfigError(f"{out} is not empty and holds no synth.json (not made by ansm synth); {fix}")
+    previous = read_json(index, DataError, "synth index")
+    if not isinstance(previous, dict):
+        raise DataError(f"{index}: synth index must be a JSON object; {fix}")
+    recorded = {k: previous.get(k) for k in settings}
+    if recorded != settings:
+        changed = "; ".join(_differences(recorded, settings))
+        raise ConfigError(f"{out} holds samples made with other settings ({changed}); {fix} (the same settings resume)")
+    had = previous.get("n", len(previous.get("samples") or []))
+    if isinstance(had, int) and had > n:
+        raise ConfigError(f"{out} holds {had} samples, more than --n {n}; pass --n {had} or more to resume, or {fix}")
 
 
 def iter_rendered(n: int, seed: int, split: str, cfg: SynthConfig) -> Iterator[RenderedForgery]:
