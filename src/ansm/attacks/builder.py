@@ -6,7 +6,8 @@ Output layout (the "pairs folder" that :func:`ansm.data.datasets.open_dataset` r
     <out>/<id>_gt.png           its ground-truth mask, unchanged
     <out>/authentic/<id>.png    adversarial authentic image (empty mask: no _gt file, as in the source layout)
     <out>/records/<id>.json     one record per finished image (written last: "record exists" = "image done")
-    <out>/attack.json           the run's settings; a restart with different settings is refused
+    <out>/attack.json           the run's settings and the sha256 of the model's weights; a restart with
+                                different settings, or against retrained weights at the same path, is refused
     <out>/manifest.jsonl        one line per image, sorted by id, assembled from the records once all exist
 
 Resumable and shardable by construction:
@@ -249,12 +250,38 @@ def _paths(out: Path, image_id: str, forged: bool) -> tuple[Path, Path | None]:
     return out / "authentic" / f"{image_id}.png", None
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the model's state dict (names, dtypes, shapes, bytes), as loaded.
+
+    Why the state dict and not the checkpoint file: a model can come from a checkpoint, a registered name with
+    --weights, or code (module:callable), and the loaded tensors are what the images were attacked against in
+    every case. Retraining a model at the same path changes the hash, so a resume cannot mix images attacked
+    against the old and the new weights."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()
+
+
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     path = out / "attack.json"
     if path.exists():
         previous = read_json(path, DataError, "attack settings (delete it or use a new output folder)")
         if not isinstance(previous, dict):
             raise DataError(f"{path}: attack settings must be a JSON object; delete it or use a new output folder")
+        old, new = previous.get("model_sha256"), settings.get("model_sha256")
+        if old != new and {k: v for k, v in previous.items() if k != "model_sha256"} == \
+                {k: v for k, v in settings.items() if k != "model_sha256"}:
+            model = f" {settings['model']!r}" if "model" in settings else ""
+            raise ConfigError(f"{out} was attacked against other weights of the model{model} (sha256 "
+                              f"{str(old)[:12]} recorded, {str(new)[:12]} now: retrained or replaced?); its images "
+                              "would mix both: use a new output folder, or delete this one to rebuild it")
         if previous != settings:
             changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
             raise ConfigError(f"{out} was built with different settings ({', '.join(changed)} differ); "
@@ -311,6 +338,8 @@ def build_adversarial_dataset(dataset: Any, localizer: Callable[[torch.Tensor], 
         raise DataError("the dataset is empty")
     settings = {"format": FORMAT_VERSION, "attack": attack.name, "params": attack.params(), "seed": int(seed),
                 "n_images": n_images, **(describe or {})}
+    if isinstance(localizer, torch.nn.Module):
+        settings["model_sha256"] = weights_sha256(localizer)
     root.mkdir(parents=True, exist_ok=True)
     _check_settings(root, settings)
 

@@ -17,7 +17,8 @@ from ansm.cli.options import max_side_option, tile_option, validate_tile
 def attack_cmd(
     data: str = typer.Option(..., "--data", "-d", help="Dataset folder / IMDLBenCo JSON, or synthetic:N."),
     model: str = typer.Option(..., "--model", "-m", help="Localizer: checkpoint path, registered name or module:callable."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-run to resume)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-run to resume; other settings "
+                                                     "or retrained weights of --model are refused)."),
     attack: str = typer.Option("pgd", "--attack", "-a", help="fgsm, bim, pgd, pgd-l2, mifgsm, cw-l2, segpgd."),
     objective: str = typer.Option("untargeted", help="untargeted (break the mask) or hide (make it look authentic)."),
     eps: Optional[str] = typer.Option(None, help="Budget, e.g. 8/255 (L-inf; L2 for pgd-l2; optional L-inf cap for cw-l2)."),
