@@ -6,6 +6,7 @@ JPEGs with an EXIF orientation, decompression bombs and truncated files (rules i
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,101 @@ def test_serve_decodes_uploads_like_read_image(tmp_path: Path) -> None:
         x, h, w = decode_upload((tmp_path / name).read_bytes(), ServeLimits())
         ref = read_image(tmp_path / name)
         assert (h, w) == tuple(ref.shape[-2:]) and torch.equal(x, ref), name
+
+
+# ---- 5. nothing lost or mixed -------------------------------------------------------------------------------------
+
+def _photo(path: Path, seed: int, side: int = 24) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _forgery(folder: Path, name: str, seed: int) -> None:
+    _photo(folder / f"{name}.png", seed, 32)
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:20, 8:20] = 255
+    Image.fromarray(mask).save(folder / f"{name}_gt.png")
+
+
+def test_output_ids_unique_only_where_stems_collide() -> None:
+    from ansm.defense.inference import output_ids
+
+    files = [Path(n) for n in ("a.png", "a.jpg", "b.png", "C.png", "c.tif", "x.PNG", "x.png")]
+    assert output_ids(files) == ["a_png", "a_jpg", "b", "C_png", "c_tif", "x_png", "x_png-2"]
+
+
+def test_defend_keeps_inputs_sharing_a_stem(tmp_path: Path) -> None:
+    from ansm.defense.ansm_net import ANSM, save_ansm
+
+    torch.manual_seed(0)
+    save_ansm(ANSM(width=4), tmp_path / "ck" / "ansm", localizer="unet-small")
+    _photo(tmp_path / "in" / "a.png", 1)
+    _photo(tmp_path / "in" / "a.jpg", 2)
+    _photo(tmp_path / "in" / "b.png", 3)
+    res = runner.invoke(app, ["defend", "--ansm", str(tmp_path / "ck" / "ansm"), "--input", str(tmp_path / "in"),
+                              "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "out" / "defend.json").read_text())
+    assert {(r["id"], Path(r["input"]).name) for r in summary["images"]} == {
+        ("a_png", "a.png"), ("a_jpg", "a.jpg"), ("b", "b.png")}
+    for stem in ("a_png", "a_jpg", "b"):
+        assert (tmp_path / "out" / f"{stem}_defended.png").is_file()
+    # each defended image is its own input's, within the defense's budget
+    for stem, src in (("a_png", "a.png"), ("a_jpg", "a.jpg")):
+        diff = read_image(tmp_path / "out" / f"{stem}_defended.png") - read_image(tmp_path / "in" / src)
+        assert diff.abs().max() <= 16 / 255 + 1 / 255, stem
+    assert "a_png_defended.png" in " ".join(runner.invoke(app, ["defend", "--help"]).output.split())
+
+
+def test_evaluate_keeps_datasets_with_the_same_name(tmp_path: Path) -> None:
+    _forgery(tmp_path / "x" / "casia", "p", 1)
+    _forgery(tmp_path / "y" / "casia", "q", 2)
+    _forgery(tmp_path / "y" / "casia", "r", 3)
+    out = tmp_path / "eval.json"
+    res = runner.invoke(app, ["evaluate", "--model", "unet-small", "--data", str(tmp_path / "x" / "casia"),
+                              "--data", str(tmp_path / "y" / "casia"), "--data", str(tmp_path / "x" / "casia"),
+                              "--json", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert sorted(report["datasets"]) == ["casia", "casia-2"]  # the repeated x/casia is evaluated once
+    assert report["sources"] == {"casia": str((tmp_path / "x" / "casia").resolve()),
+                                 "casia-2": str((tmp_path / "y" / "casia").resolve())}
+    assert report["datasets"]["casia"]["n_images"] == 1 and report["datasets"]["casia-2"]["n_images"] == 2
+
+
+def test_synth_refuses_a_folder_made_with_other_settings(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    base = ["synth", "--out", str(out), "--n", "2", "--size", "32", "--split", "test"]
+    assert runner.invoke(app, [*base, "--seed", "0"]).exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*.png")}
+    assert_one_error_line(runner.invoke(app, [*base, "--seed", "1"]), str(out), "seed 0 -> 1", "new --out")
+    res = runner.invoke(app, ["synth", "--out", str(out), "--n", "2", "--size", "48", "--split", "test"])
+    assert_one_error_line(res, "config.size 32 -> 48")
+    assert_one_error_line(runner.invoke(app, [*base[:4], "1", *base[5:]]), "holds 2 samples")
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before  # nothing was mixed in
+    assert runner.invoke(app, [*base, "--seed", "0"]).exit_code == 0  # the same settings resume
+    foreign = tmp_path / "photos"
+    _photo(foreign / "holiday.png", 0)
+    res = runner.invoke(app, ["synth", "--out", str(foreign), "--n", "2", "--size", "32"])
+    assert_one_error_line(res, str(foreign), "no synth.json")
+
+
+def test_attack_resume_refused_when_the_model_was_retrained(tmp_path: Path) -> None:
+    from ansm.models import create_localizer, save_localizer
+
+    ckpt = tmp_path / "loc" / "localizer"
+    torch.manual_seed(0)
+    save_localizer(create_localizer("unet-small"), ckpt)
+    out = tmp_path / "adv"
+    args = ["attack", "--data", "synthetic:2", "--size", "32", "--model", str(ckpt), "--out", str(out),
+            "--attack", "fgsm", "--eps", "4/255", "--device", "cpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    settings = json.loads((out / "attack.json").read_text())
+    assert len(settings["model_sha256"]) == 64
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "0 attacked" in again.output  # same weights: resumed
+    torch.manual_seed(1)
+    save_localizer(create_localizer("unet-small"), ckpt)  # "retrained" at the same path
+    line = assert_one_error_line(runner.invoke(app, args), str(out), "other weights", "new output folder")
+    assert settings["model_sha256"][:12] in line
