@@ -279,6 +279,10 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
         if old != new and {k: v for k, v in previous.items() if k != "model_sha256"} == \
                 {k: v for k, v in settings.items() if k != "model_sha256"}:
             model = f" {settings['model']!r}" if "model" in settings else ""
+            if old is None:  # made before attack.json recorded the weights: a resume could not be checked
+                raise ConfigError(f"{out} was built by an older ansm that did not record which weights of the "
+                                  f"model{model} it attacked, so resuming it could mix two models' images: delete it "
+                                  "to rebuild it, or use a new output folder")
             raise ConfigError(f"{out} was attacked against other weights of the model{model} (sha256 "
                               f"{str(old)[:12]} recorded, {str(new)[:12]} now: retrained or replaced?); its images "
                               "would mix both: use a new output folder, or delete this one to rebuild it")
