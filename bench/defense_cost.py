@@ -1,12 +1,14 @@
-"""Cost of ANSM next to the localizers it protects: parameters, MACs and forward time at 512x512.
+"""Cost of ANSM (full and fast arch) next to the localizers it protects: parameters, MACs and forward time at 512x512.
 
 MACs are *counted*, not estimated: forward hooks on every ``nn.Conv2d`` and ``nn.Linear`` add
 ``output elements x (in_channels / groups) x kernel area`` (Linear: ``output elements x in_features``) during one
 real forward pass of a 1x3x512x512 image. Functional convolutions (the twostream SRM filter, the Bayar
-constrained conv, ANSM's fixed blur) are not modules and are added by hand below, so nothing is missed. Norms,
+constrained conv, ANSM's fixed blur, the fast arch's stem-composed 5x5 convolutions) are not modules and are
+added by hand below, so nothing is missed. Norms,
 activations and interpolation are not counted (they are a few operations per element, not MACs).
 
 Forward times are measured side by side (interleaved, median of a few repeats after a warm-up), batch 1.
+Latency of the defended pipeline (localizer + ANSM, 1 and 2 threads, 512 and 1024): ``bench/ansm_latency.py``.
 
 Run: ``.venv/bin/python bench/defense_cost.py [--size 512] [--repeats 3]``.
 """
@@ -55,6 +57,11 @@ def functional_macs(name: str, model: nn.Module, h: int, w: int) -> int:
     """MACs of convolutions done with ``F.conv2d`` inside a model (not visible to module hooks)."""
     if name == "ansm":
         return h * w * 3 * 9  # fixed 3x3 blur per channel for the high-pass input
+    if name == "ansm-fast":
+        # head (stride 2) and full-resolution tail are 5x5 kernels on the image through F.conv2d (their modules are
+        # never called), and the upsampling ConvTranspose2d is no nn.Conv2d: input elements x out channels x 4x4
+        width, h2, w2 = model.head[0].out_channels, -(-h // 2), -(-w // 2)
+        return h2 * w2 * width * 3 * 25 + h * w * 3 * 3 * 25 + h2 * w2 * width * 3 * 16
     if name == "twostream":
         h8, w8 = -(-h // 8) * 8, -(-w // 8) * 8  # the localizer pads to a multiple of 8
         jpeg = model.jpeg.basis.shape[0] if hasattr(model, "jpeg") else 0  # block DCT: K coefficients per pixel
@@ -79,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     x = torch.rand(1, 3, args.size, args.size)
-    models: dict[str, nn.Module] = {"ansm": ANSM().eval()}
+    models: dict[str, nn.Module] = {"ansm": ANSM().eval(), "ansm-fast": ANSM(arch="fast").eval()}
     for name in args.localizers:
         models[name] = create_localizer(name).eval()
     rows = {}
@@ -91,11 +98,11 @@ def main() -> None:
             model(x)
         for name, model in models.items():
             rows[name]["fwd_s"] = _median_time(lambda m=model: m(x), args.repeats)
-    ref = rows["ansm"]
-    print(f"{'model':<12} {'params':>10} {'GMACs@' + str(args.size):>12} {'fwd s':>8}   ANSM as a share of it")
+    print(f"{'model':<12} {'params':>10} {'GMACs@' + str(args.size):>12} {'fwd s':>8}   ANSM (full; fast) as a share of it")
     for name, r in rows.items():
-        share = "" if name == "ansm" else (f"params {ref['params'] / r['params']:.1%}, MACs {ref['gmacs'] / r['gmacs']:.1%}, "
-                                           f"time {ref['fwd_s'] / r['fwd_s']:.1%}")
+        share = "" if name.startswith("ansm") else "; ".join(
+            f"{a}: params {rows[k]['params'] / r['params']:.1%}, MACs {rows[k]['gmacs'] / r['gmacs']:.1%}, "
+            f"time {rows[k]['fwd_s'] / r['fwd_s']:.1%}" for a, k in (("full", "ansm"), ("fast", "ansm-fast")))
         print(f"{name:<12} {r['params']:>10,} {r['gmacs']:>12.2f} {r['fwd_s']:>8.3f}   {share}")
 
 

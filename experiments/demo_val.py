@@ -39,6 +39,8 @@ VARIANTS: dict[str, dict] = {
     # ablations at the same budget
     f"stage 1 only ({BUDGET} steps)": {"stage1_steps": BUDGET, "stage2_steps": 0},
     f"stage 2 only ({BUDGET} steps, full lr)": {"stage1_steps": 0, "stage2_steps": BUDGET, "stage2_lr": None},
+    # ANSM's body at half resolution (~1/4 of the full arch's CPU forward time, bench/ansm_latency.py)
+    "pixel + MgR, fast ANSM": {"ansm_arch": "fast"},
 }
 ATTACKS = ("pgd", "fgsm", "pgd-4/255", "pgd-12/255", "mifgsm", "segpgd", "cw-l2", "pgd-hide")
 

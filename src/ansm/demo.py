@@ -62,6 +62,9 @@ class DemoConfig:
     stage2_lr: float | None = 5e-4  # None: the stage-1 peak lr
     ansm_batch: int = 16
     eps_d: float = 16 / 255
+    # ANSM architecture (ansm.defense.ansm_net.ARCHS): "fast" runs the body at half resolution, ~1/4 of the CPU
+    # time of "full" at 512x512 (bench/ansm_latency.py); which one the demo uses is decided on val
+    ansm_arch: str = "full"
     eval_split: str = "test"  # "val" for every choice (experiments/demo_val.py), "test" reported once
     test_n: int = 96  # held-out synthetic images of eval_split
     adaptive_n: int = 32  # of those, attacked adaptively (through ANSM)
@@ -75,6 +78,10 @@ class DemoConfig:
         for name in ("size", "loc_steps", "loc_pool", "attack_n", "test_n", "adaptive_n", "examples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        from ansm.defense.ansm_net import ARCHS
+
+        if self.ansm_arch not in ARCHS:
+            raise ConfigError(f"ansm_arch must be one of {', '.join(ARCHS)}, got {self.ansm_arch!r}")
         if self.eval_split not in ("val", "test"):
             raise ConfigError(f"eval_split must be val or test, got {self.eval_split!r}")
         from ansm.validate import check_fields
@@ -191,7 +198,7 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
                            crop=None, eps_d=cfg.eps_d, pool=cfg.attack_n, size=cfg.size, adv_data=adv_dirs,
                            adv_fraction=1.0, stage1_steps=cfg.stage1_steps, stage2_steps=cfg.stage2_steps,
                            ffa_weight=cfg.align_ffa, ffa_pixel=cfg.align_pixel, mgr_pixel=cfg.mgr_pixel,
-                           stage2_lr=cfg.stage2_lr, device=cfg.device)
+                           stage2_lr=cfg.stage2_lr, arch=cfg.ansm_arch, device=cfg.device)
     if (out / "ansm" / "ansm.json").is_file():
         ansm, _ = load_ansm(out / "ansm" / "ansm")
     else:

@@ -28,6 +28,8 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (Adam; warm-up then cosine, per stage)."),
     eps_d: Optional[str] = typer.Option(None, help="Bound of the defensive perturbation, e.g. 16/255."),
     width: Optional[int] = typer.Option(None, help="ANSM hidden channels."),
+    arch: Optional[str] = typer.Option(None, help="ANSM architecture: full (body at full resolution) or fast "
+                                                  "(body at half resolution, ~1/4 of full's CPU time)."),
     taps: Optional[str] = typer.Option(None, help="Comma-separated localizer layers for FFA (default: the model's)."),
     ffa_weight: Optional[float] = typer.Option(None, help="Weight of FFA in stage 1 (0 with --ffa-pixel: pixel alignment only)."),
     ffa_pixel: Optional[float] = typer.Option(None, help="Weight of a pixel term (L1 to x_o, in 1/255 units) in stage 1."),
@@ -64,7 +66,7 @@ def train_cmd(
     positive_int(crop if crop else None, "--crop")
 
     overrides = {"stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "batch_size": batch_size, "lr": lr,
-                 "stage2_lr": stage2_lr, "eps_d": eps_d, "width": width, "taps": _split(taps), "ffa_weight": ffa_weight,
+                 "stage2_lr": stage2_lr, "eps_d": eps_d, "width": width, "arch": arch, "taps": _split(taps), "ffa_weight": ffa_weight,
                  "ffa_pixel": ffa_pixel, "ffa_alpha": ffa_alpha, "mgr_pixel": mgr_pixel,
                  "ffa_reduction": ffa_reduction, "mgr_lambda": mgr_lambda, "mgr_dice": mgr_dice, "mgr_ffa": mgr_ffa,
                  "attacks": _split(attacks), "objectives": _split(objectives), "eps_min": eps_min, "eps_max": eps_max,

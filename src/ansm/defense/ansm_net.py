@@ -16,6 +16,20 @@
 
 It is deliberately light next to the localizer (see ``bench/defense_cost.py`` for parameters and MACs at
 512x512): a preprocessing defense that costs more than the model it protects is hard to deploy.
+
+Two architectures (``arch``), the same ``ANSM(x)`` formula, bound and zero-init identity:
+
+* ``"full"`` (the default, and what a checkpoint without ``arch`` is): the body above at full resolution.
+* ``"fast"``: the same residual body at half resolution. The first layer reads the centred image and the
+  high-pass band (:meth:`ANSM.stem`, a fixed linear map) through a stride-2 3x3 convolution; the dilated blocks
+  run at ceil(H/2) x ceil(W/2) (their receptive field, in input pixels, doubles), and a 4x4 stride-2 transposed
+  convolution brings ``g`` back to 3 channels at full resolution, cropped to H x W (odd sizes work). A 3x3
+  convolution of the stem is added there: the full-resolution linear path from the noise band to the output that
+  the ``"full"`` tail also has. Both output layers start at zero. The two convolutions reading the stem are
+  composed with it into 5x5 kernels on the image, so the 6-channel full-resolution stem is never materialised.
+  Cost at 512x512 on a CPU: ``bench/ansm_latency.py`` (~1/4 of ``"full"``). Plain convolutions, not
+  depthwise-separable: at these widths the depthwise variant was slower on a CPU for fewer MACs (measured while
+  choosing; the numbers are in docs/ansm.md).
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ from ansm.utils import parse_eps
 
 
 NORMS = ("none", "group")
+ARCHS = ("full", "fast")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -57,7 +72,11 @@ class ResidualBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x + self.body(x))
+        # in place into the block's fresh output (the same numbers): a new tensor per add costs page faults, and
+        # at 16x256x256 on a CPU the out-of-place add + ReLU took longer than the convolution before it
+        out = self.body(x)
+        out += x
+        return self.act(out)
 
 
 class ANSM(nn.Module):
@@ -67,12 +86,14 @@ class ANSM(nn.Module):
         eps_d: L-inf bound of the defensive perturbation, in [0, 1] pixel units (``"12/255"`` accepted).
         width: channels of the hidden layers.
         dilations: one residual block per entry, with that dilation.
+        norm: ``"none"`` or ``"group"`` (GroupNorm after the hidden convolutions).
+        arch: ``"full"`` (body at full resolution) or ``"fast"`` (body at half resolution; module docstring).
 
     Input and output: Bx3xHxW float in [0, 1], any H and W (fully convolutional, no padding multiple).
     """
 
     def __init__(self, eps_d: float | str = 16 / 255, width: int = 16, dilations: Sequence[int] = (1, 2, 4),
-                 norm: str = "none") -> None:
+                 norm: str = "none", arch: str = "full") -> None:
         super().__init__()
         try:
             eps = parse_eps(eps_d)
@@ -84,18 +105,40 @@ class ANSM(nn.Module):
             raise ConfigError(f"ANSM needs width >= 1 and dilations >= 1, got width={width}, dilations={list(dilations)}")
         if norm not in NORMS:
             raise ConfigError(f"ANSM norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if arch not in ARCHS:
+            raise ConfigError(f"ANSM arch must be one of {', '.join(ARCHS)}, got {arch!r}")
         self.eps_d = float(eps)
+        self.arch = arch
         self.config: dict[str, Any] = {"eps_d": self.eps_d, "width": int(width), "dilations": [int(d) for d in dilations],
-                                       "norm": norm}
+                                       "norm": norm, "arch": arch}
         blur = torch.tensor([1.0, 2.0, 1.0])
         blur = (blur[:, None] * blur[None, :] / 16).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
         self.register_buffer("blur", blur, persistent=False)
-        self.head = nn.Sequential(nn.Conv2d(6, width, 3, padding=1, bias=norm == "none"), _norm(norm, width),
-                                  nn.ReLU(inplace=True))
+        stride = 2 if arch == "fast" else 1
+        self.head = nn.Sequential(nn.Conv2d(6, width, 3, stride=stride, padding=1, bias=norm == "none"),
+                                  _norm(norm, width), nn.ReLU(inplace=True))
         self.body = nn.Sequential(*[ResidualBlock(width, int(d), norm) for d in dilations])
-        self.tail = nn.Conv2d(width + 3, 3, 3, padding=1)
-        nn.init.zeros_(self.tail.weight)
-        nn.init.zeros_(self.tail.bias)
+        if arch == "full":
+            self.tail = nn.Conv2d(width + 3, 3, 3, padding=1)
+            tails: list[nn.Module] = [self.tail]
+        else:
+            # [(x - 0.5) * 4, high_pass(x)] as one fixed conv: centre tap 4 (bias -2), then (delta - blur) / eps_d
+            delta = torch.zeros(3, 1, 3, 3)
+            delta[:, :, 1, 1] = 1.0
+            kernel = torch.zeros(6, 3, 3, 3)
+            for c in range(3):
+                kernel[c, c] = 4.0 * delta[c, 0]
+                kernel[3 + c, c] = (delta[c, 0] - blur[c, 0]) / self.eps_d
+            self.register_buffer("stem_kernel", kernel, persistent=False)
+            self.register_buffer("stem_bias", torch.tensor([-2.0] * 3 + [0.0] * 3), persistent=False)
+            self.up = nn.ConvTranspose2d(width, 3, 4, stride=2, padding=1)  # H/2 -> 2 * ceil(H/2), cropped to H
+            # the full-resolution path: a 3x3 conv of the stem (image and high-pass band; over all 6 channels it
+            # was faster on a CPU than over the 3 high-pass ones, a strided view that oneDNN copies first)
+            self.hp_tail = nn.Conv2d(6, 3, 3, padding=1)
+            tails = [self.up, self.hp_tail]
+        for layer in tails:  # zero output layers: an untrained ANSM is the identity
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def high_pass(self, x: torch.Tensor) -> torch.Tensor:
         """``x - blur(x)`` scaled so a residual of size ``eps_d`` reads about 1.
@@ -108,8 +151,33 @@ class ANSM(nn.Module):
         padded = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
         return (x - nn.functional.conv2d(padded, self.blur, groups=3)) / self.eps_d
 
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """``cat([(x - 0.5) * 4, high_pass(x)])`` (the first layer's input) in one fixed convolution (``"fast"``):
+        the same values up to rounding, one pass over the image instead of six."""
+        padded = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+        return nn.functional.conv2d(padded, self.stem_kernel, self.stem_bias)
+
+    def _through_stem(self, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+        """``conv`` composed with the fixed stem: one 5x5 kernel (and bias) on the image, the same linear map."""
+        # full convolution of the 3x3 kernels: conv2d of the stem kernel (as images) with the flipped conv kernel
+        k = nn.functional.conv2d(self.stem_kernel.transpose(0, 1), conv.weight.flip(2, 3), padding=2)
+        bias = (conv.weight.sum((2, 3)) * self.stem_bias).sum(1)
+        return k.transpose(0, 1), bias if conv.bias is None else bias + conv.bias
+
     def g(self, x: torch.Tensor) -> torch.Tensor:
         """Unbounded perturbation logits; the image is centred so the first layer sees zero-mean values."""
+        if self.arch == "fast":
+            h, w = x.shape[-2:]
+            # the two convolutions that read the stem are composed with it, so the 6-channel full-resolution stem
+            # is never materialised (on a CPU it cost more than the head conv reading it); at the 2-pixel border
+            # the stem is extended by replicate padding of the image instead of zeros
+            padded = nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+            k, b = self._through_stem(self.head[0])
+            feats = self.body(self.head[2](self.head[1](nn.functional.conv2d(padded, k, b, stride=2))))
+            k, b = self._through_stem(self.hp_tail)
+            out = nn.functional.conv2d(padded, k, b)
+            out += self.up(feats)[..., :h, :w]
+            return out
         hp = self.high_pass(x)
         feats = self.body(self.head(torch.cat([(x - 0.5) * 4.0, hp], dim=1)))
         return self.tail(torch.cat([feats, hp], dim=1))
@@ -124,7 +192,8 @@ class ANSM(nn.Module):
         # channels-last activations: the same numbers (up to rounding), ~1.4x faster training steps on a CPU
         # (bench/training_step.py: a pixel-alignment step 69 vs 96 ms on 2 cores)
         x = x.contiguous(memory_format=torch.channels_last)
-        return (x + self.perturbation(x)).clamp(0, 1)
+        # x + eps_d * tanh(g) in one op, clamped in place (autograd's clamp_ gradient is the out-of-place one)
+        return torch.add(x, torch.tanh(self.g(x)), alpha=self.eps_d).clamp_(0, 1)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -42,7 +42,7 @@ from ansm.checkpoint import (
     optimizer_to_tensors,
     save_checkpoint,
 )
-from ansm.defense.ansm_net import ANSM, save_ansm
+from ansm.defense.ansm_net import ANSM, ARCHS, save_ansm
 from ansm.defense.data import (AdversarialPool, Pool, load_adversarial_pool, random_crops, random_flip_rot90,
                                render_clean_pool)
 from ansm.defense.ddp import DistContext, all_reduce_mean, barrier, setup_distributed, teardown
@@ -58,7 +58,7 @@ ONLINE_ATTACKS = ("fgsm", "pgd", "bim", "mifgsm")
 LOSSES = ("ansm", "pixel", "feature")
 # Settings that define the result: a resume with any of them changed is refused.
 _RESUME_KEYS = ("loss", "localizer", "seed", "stage1_steps", "stage2_steps", "batch_size", "crop", "lr", "stage2_lr", "eps_d",
-                "width", "dilations", "norm", "taps", "ffa_weight", "ffa_alpha", "ffa_reduction", "mgr_lambda", "mgr_dice", "mgr_ffa", "attacks",
+                "width", "dilations", "norm", "arch", "taps", "ffa_weight", "ffa_alpha", "ffa_reduction", "mgr_lambda", "mgr_dice", "mgr_ffa", "attacks",
                 "objectives", "mgr_pixel", "ffa_pixel", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source")
 
 
@@ -81,6 +81,7 @@ class TrainANSMConfig:
     width: int = 16
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4])
     norm: str = "none"  # "group": GroupNorm inside ANSM (see ansm_net.py)
+    arch: str = "full"  # "fast": ANSM's body at half resolution (ansm_net.py; cost in bench/ansm_latency.py)
     taps: list[str] | None = None  # None: the localizer's default_taps
     ffa_weight: float = 1.0  # weight of FFA in stage 1 (0 with ffa_pixel > 0: stage 1 aligns pixels only)
     ffa_alpha: float = 1e-6
@@ -112,6 +113,8 @@ class TrainANSMConfig:
         for name in ("stage1_steps", "stage2_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.loss != "ansm" and self.stage1_steps:
@@ -325,7 +328,7 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
-        ansm = ANSM(cfg.eps_d, cfg.width, cfg.dilations, cfg.norm).to(ctx.device)
+        ansm = ANSM(cfg.eps_d, cfg.width, cfg.dilations, cfg.norm, cfg.arch).to(ctx.device)
         opt = torch.optim.Adam(ansm.parameters(), lr=cfg.lr)
         state_path = out / "train_state"
         start = _load_state(state_path, ansm, opt, cfg) if checkpoint_paths(state_path)[1].exists() else 0

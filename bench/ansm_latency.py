@@ -1,0 +1,173 @@
+"""Latency of ANSM next to the localizer it defends: localizer alone vs localizer + ANSM, full and fast arch.
+
+One run measures everything side by side: for each image size and thread count, the five forwards (localizer,
+localizer after full ANSM, localizer after fast ANSM, full ANSM alone, fast ANSM alone) are interleaved round by
+round after a warm-up, and each is the median of ``--repeats`` rounds, batch 1. Printed per arch:
+
+* throughput (images/s) of the localizer alone and of the defended pipeline ``V(ANSM(x))``;
+* ``ANSM/V``: ANSM's forward time divided by the localizer's (both measured alone);
+* ``share``: ANSM's forward time divided by the defended pipeline's, i.e. its part of ``V(ANSM(x))``.
+
+The localizer is the one the demo defends (``twostream`` with ``ansm.demo.DEFENDED_LOCALIZER_KWARGS``), with
+channels-last weights as the demo and the trainer use them; weights are untrained (the time does not depend on
+them). ANSM's output layers get small random weights so it is not the zero-init identity.
+
+On a GPU (``--device cuda``) the times are taken between ``torch.cuda.synchronize()`` calls, ``--amp bf16|fp16``
+runs the forwards under autocast, and a training step of each arch is timed too (a stage-2 MgR step of
+``ansm.defense.trainer.ansm_losses`` with the pixel term, plus Adam, at ``--train-batch`` x ``--train-size``);
+on a CPU ``--amp`` and the training step are skipped (``bench/training_step.py`` times CPU training steps).
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/ansm_latency.py [--sizes 512 1024] [--threads 1 2]``
+(GPU: ``python bench/ansm_latency.py --device cuda --amp bf16 --sizes 512 1024 2048``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ansm.defense import ANSM
+from ansm.demo import DEFENDED_LOCALIZER_KWARGS
+from ansm.models import create_localizer
+
+ARCHS = ("full", "fast")
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def make_ansm(arch: str, device: torch.device) -> ANSM:
+    torch.manual_seed(0)
+    net = ANSM(arch=arch)
+    with torch.no_grad():  # a trained-like, non-identity ANSM
+        for name, p in net.named_parameters():
+            if name.startswith(("tail.", "up.", "hp_tail.")):
+                p.normal_(0, 0.01)
+    return net.to(device).eval()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                        device: torch.device) -> dict[str, float]:
+    """Median seconds of each function, the functions run round-robin so load drifts hit them all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def forward_table(localizer: nn.Module, ansms: dict[str, ANSM], size: int, repeats: int, warmup: int,
+                  device: torch.device, amp: torch.dtype | None) -> list[str]:
+    x = torch.rand(1, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    autocast = (torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext())
+    fns: dict[str, Callable[[], object]] = {"V": lambda: localizer(x)}
+    for arch, net in ansms.items():
+        fns[f"V+{arch}"] = lambda n=net: localizer(n(x))
+        fns[arch] = lambda n=net: n(x)
+    with torch.no_grad(), autocast:
+        t = interleaved_medians(fns, repeats, warmup, device)
+    rows = []
+    for arch in ansms:
+        rows.append(f"{size:>5} {arch:<5} {t['V'] * 1e3:>9.1f} {t[arch] * 1e3:>10.1f} {t['V+' + arch] * 1e3:>11.1f} "
+                    f"{1 / t['V']:>9.2f} {1 / t['V+' + arch]:>11.2f} {t[arch] / t['V']:>7.1%} "
+                    f"{t[arch] / t['V+' + arch]:>7.1%}")
+    return rows
+
+
+def train_step_times(localizer: nn.Module, archs: tuple[str, ...], batch: int, size: int, repeats: int,
+                     warmup: int, device: torch.device, amp: torch.dtype | None) -> list[str]:
+    """Seconds of one ANSM training step (stage-2 MgR + pixel term, backward, Adam), per arch, interleaved."""
+    from ansm.defense.trainer import Batch, TrainANSMConfig, ansm_losses
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x_o = torch.rand(batch, 3, size, size, generator=g)
+    x_a = (x_o + (torch.rand(x_o.shape, generator=g) - 0.5) * 16 / 255).clamp(0, 1)
+    mask = (torch.rand(batch, 1, size, size, generator=g) > 0.5).float()
+    b = Batch(x_o.to(device), x_a.to(device), mask.to(device), "bench")
+    cfg = TrainANSMConfig(stage1_steps=0, stage2_steps=1, mgr_pixel=1 / 8, device=device.type)
+    autocast = (torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext())
+    fns: dict[str, Callable[[], object]] = {}
+    for arch in archs:
+        net = make_ansm(arch, device).train().to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+
+        def step(net: ANSM = net, opt: torch.optim.Optimizer = opt) -> None:
+            with autocast:
+                loss = ansm_losses(net, localizer, b, 2, [], cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        fns[arch] = step
+    t = interleaved_medians(fns, repeats, warmup, device)
+    return [f"train step {arch}: {t[arch] * 1e3:.1f} ms ({batch}x3x{size}x{size}, {batch / t[arch]:.1f} images/s)"
+            for arch in archs]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts (torch.set_num_threads)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--amp", default=None, choices=sorted(AMP), help="autocast dtype (GPU only)")
+    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--train-size", type=int, default=256)
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here (run without --device on a CPU)")
+    device = torch.device(args.device)
+    amp = AMP[args.amp] if args.amp and device.type == "cuda" else None
+    if args.amp and amp is None:
+        print(f"--amp {args.amp}: GPU only, ignored on the CPU (float32)")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    localizer = create_localizer("twostream", **DEFENDED_LOCALIZER_KWARGS).eval().to(device)
+    localizer = localizer.to(memory_format=torch.channels_last)
+    for p in localizer.parameters():
+        p.requires_grad_(False)
+    ansms = {arch: make_ansm(arch, device) for arch in ARCHS}
+    threads = args.threads if device.type == "cpu" else [torch.get_num_threads()]
+    print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+          f"dtype {args.amp if amp is not None else 'float32'}, batch 1, median of {args.repeats} interleaved rounds "
+          f"after {args.warmup} warm-up; localizer twostream {DEFENDED_LOCALIZER_KWARGS}")
+    header = (f"{'size':>5} {'arch':<5} {'V ms':>9} {'ANSM ms':>10} {'V+ANSM ms':>11} {'V img/s':>9} "
+              f"{'V+ANSM im/s':>11} {'ANSM/V':>7} {'share':>7}")
+    for n in threads:
+        if device.type == "cpu":
+            torch.set_num_threads(n)
+            print(f"\n{n} thread(s)")
+        print(header)
+        for size in args.sizes:
+            for row in forward_table(localizer, ansms, size, args.repeats, args.warmup, device, amp):
+                print(row, flush=True)
+    if device.type == "cuda":
+        print()
+        for row in train_step_times(localizer, ARCHS, args.train_batch, args.train_size, args.repeats, args.warmup,
+                                    device, amp):
+            print(row)
+    else:
+        print("\ntraining step: skipped on the CPU (GPU only here; bench/training_step.py times CPU steps)")
+
+
+if __name__ == "__main__":
+    main()
