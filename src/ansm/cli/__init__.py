@@ -7,7 +7,7 @@ import importlib
 from ansm.cli.app import app
 
 # One module per command (or group of commands). Adding a command = adding a module and a name here.
-COMMAND_MODULES = ("data", "localizer", "attack", "defense", "benchmark", "demo", "serve")
+COMMAND_MODULES = ("data", "localizer", "attack", "defense", "detector", "benchmark", "demo", "serve")
 
 for _mod in COMMAND_MODULES:
     importlib.import_module(f"ansm.cli.{_mod}")

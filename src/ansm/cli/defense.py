@@ -101,10 +101,15 @@ def defend_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Localizer (default: the one ANSM was trained for)."),
     max_side: Optional[int] = max_side_option(),
     tile: Optional[int] = tile_option("The defended image is the same tiled or not; predictions are close."),
+    detector_path: Optional[Path] = typer.Option(None, "--detector", "-d", help="Attack detector (from ansm "
+                                                 "train-detector): print and record per image whether it looks attacked."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
 ) -> None:
     """Write defended images, predicted masks with and without ANSM, and side-by-side overlays
     (input | without defense | with defense, tampered pixels in red) for every image.
+
+    With --detector, each image's line reads "attack flag: yes/no (p=0.97)" (flagged above the threshold calibrated
+    at 5% false positives on clean images) and defend.json records attack_p and attack_flag.
 
     Outputs are named <stem>_defended.png, <stem>_mask.png, ...; inputs sharing a stem (a.png and a.jpg) keep
     their extension instead (a_png_defended.png, a_jpg_defended.png), so none overwrites another."""
@@ -120,6 +125,12 @@ def defend_cmd(
 
     dev = resolve_device(device)
     ansm, meta = load_ansm(ansm_path)
+    detector, threshold = None, 0.5
+    if detector_path is not None:
+        from ansm.defense.detector import load_detector
+
+        detector, det_meta = load_detector(detector_path)
+        detector, threshold = detector.to(dev), float(det_meta.get("threshold", 0.5))
     spec = model or meta.get("localizer")
     if not spec:
         raise ConfigError(f"{ansm_path} does not name its localizer; pass --model")
@@ -130,8 +141,14 @@ def defend_cmd(
     with progress() as bar:
         task = bar.add_task("defending", total=n)
         summary = defend_images(ansm.to(dev), localizer, inputs, out, max_side=max_side, device=dev, tile=tile,
-                                on_item=lambda _id: bar.advance(task))
+                                on_item=lambda _id: bar.advance(task), detector=detector,
+                                detector_threshold=threshold)
     console.print(f"localizer: {spec}")
+    if detector is not None:
+        for row in summary["images"]:
+            typer.echo(f"{row['id']}: attack flag: {'yes' if row['attack_flag'] else 'no'} (p={row['attack_p']:.2f})")
+        typer.echo(f"attack flags: {summary['n_flagged']} of {summary['n_images']} image(s) (threshold p > "
+                   f"{threshold:.3f}, detector {detector_path})")
     typer.echo(f"defended {summary['n_images']} image(s) into {out}: mean predicted tampered area "
                f"{summary['mean_area_nodef']:.3f} without ANSM, {summary['mean_area_def']:.3f} with it "
                f"(overlays: {out}/*_overlay.png)")

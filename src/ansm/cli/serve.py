@@ -31,6 +31,8 @@ def serve_cmd(
     max_side: int = typer.Option(512, "--max-side", help="Images whose longer side exceeds this are downscaled to it "
                                  "for display and inference (the page says so)."),
     max_upload_mb: int = typer.Option(20, "--max-upload-mb", help="Largest upload accepted, in MiB."),
+    detector_path: Optional[Path] = typer.Option(None, "--detector", "-d", help="Attack detector (from ansm "
+                                                 "train-detector): fills the page's attack-flag slot."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
 ) -> None:
     """Serve a local web page for analysts: open or drop an image and see it, the mask without and with ANSM as
@@ -59,8 +61,15 @@ def serve_cmd(
     # A spec from the checkpoint's JSON is data: a registered name or a checkpoint path, never code to import.
     named_in = None if model else checkpoint_paths(ansm_path)[1]
     localizer = resolve_localizer(spec, named_in=named_in)
+    detector, threshold = None, 0.5
+    if detector_path is not None:
+        from ansm.defense.detector import load_detector
+
+        detector, det_meta = load_detector(detector_path)
+        threshold = float(det_meta.get("threshold", 0.5))
     limits = ServeLimits(max_side=max_side, max_bytes=max_upload_mb * 1024 * 1024)
-    app = create_app(localizer, ansm, limits=limits, device=dev, localizer_name=str(spec), ansm_name=str(ansm_path))
+    app = create_app(localizer, ansm, limits=limits, device=dev, localizer_name=str(spec), ansm_name=str(ansm_path),
+                     detector=detector, detector_threshold=threshold, detector_name=str(detector_path))
     sock = bind(host, port)
     if host not in LOOPBACK:
         console.print(f"note: listening on {host}, reachable from other machines; the page has no login")

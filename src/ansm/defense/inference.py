@@ -8,7 +8,9 @@ For every input image ``<id>`` the output folder gets
 * ``<id>_overlay.png``    input | prediction without defense | prediction with defense, tampered pixels in red,
   for a person to look at;
 
-and ``defend.json`` lists per-image predicted tampered area with and without the defense. ``<id>`` is the
+and ``defend.json`` lists per-image predicted tampered area with and without the defense. With an attack
+detector (:mod:`ansm.defense.detector`) each row also holds ``attack_p`` (its probability that the input was
+attacked, on the image as read) and ``attack_flag`` (``attack_p`` above the checkpoint's calibrated threshold). ``<id>`` is the
 file's stem, unless two inputs share one (``a.png`` and ``a.jpg``): then each keeps its extension in its id
 (``a_png``, ``a_jpg``), so no output overwrites another (:func:`output_ids`); ``defend.json`` names every
 input. Images run one at a time at native size (or downscaled to ``max_side``); large ones (see ``tile``) in overlapping tiles
@@ -95,12 +97,16 @@ def side_by_side(panels: list[torch.Tensor], gap: int = 4) -> torch.Tensor:
 @torch.no_grad()
 def defend_images(ansm: nn.Module, localizer: nn.Module, inputs: str | os.PathLike, out: str | os.PathLike, *,
                   max_side: int | None = None, device: torch.device | str = "cpu",
-                  on_item: Callable[[str], None] | None = None, tile: int | None = None) -> dict[str, Any]:
+                  on_item: Callable[[str], None] | None = None, tile: int | None = None,
+                  detector: nn.Module | None = None, detector_threshold: float = 0.5) -> dict[str, Any]:
     """Defend every image of ``inputs`` (file or folder) and write the outputs listed in the module docstring.
 
     ``tile`` (:func:`ansm.tiling.resolve_tile`): ``None`` tiles images over ``AUTO_TILE_PIXELS`` automatically,
     ``0`` never, ``N`` whenever a side exceeds ``N``. ANSM is fully convolutional with a receptive field inside
-    the overlap, so the tiled defended image equals the untiled one; the localizer's predictions are close."""
+    the overlap, so the tiled defended image equals the untiled one; the localizer's predictions are close.
+
+    ``detector``: flag each input as attacked when its probability exceeds ``detector_threshold`` (whole image,
+    never tiled: its global pooling reads the image at once; it is a few convolutions, cheap at any size)."""
     files = list_images(inputs)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -114,6 +120,7 @@ def defend_images(ansm: nn.Module, localizer: nn.Module, inputs: str | os.PathLi
             size = [max(1, round(s * scale)) for s in x.shape[-2:]]
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
         xb = x[None].to(device)
+        attack_p = float(torch.sigmoid(detector(xb))[0]) if detector is not None else None
         t = resolve_tile(tile, *x.shape[-2:])
         if t is None:
             x_d = ansm(xb)
@@ -140,10 +147,14 @@ def defend_images(ansm: nn.Module, localizer: nn.Module, inputs: str | os.PathLi
                      "area_nodef": round(float((p_nodef > 0.5).float().mean()), 6),
                      "area_def": round(float((p_def > 0.5).float().mean()), 6),
                      "max_abs_change": round(float((x_d - x).abs().max()), 6)})
+        if attack_p is not None:
+            rows[-1] |= {"attack_p": round(attack_p, 6), "attack_flag": attack_p > detector_threshold}
         if on_item:
             on_item(stem)
     summary = {"n_images": len(rows), "images": rows,
                "mean_area_nodef": float(np.mean([r["area_nodef"] for r in rows])),
                "mean_area_def": float(np.mean([r["area_def"] for r in rows]))}
+    if detector is not None:
+        summary |= {"detector_threshold": detector_threshold, "n_flagged": sum(r["attack_flag"] for r in rows)}
     write_json_atomic(root / "defend.json", summary)
     return summary

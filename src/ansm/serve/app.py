@@ -6,11 +6,12 @@ tested through Starlette's ``TestClient`` and the CLI only loads checkpoints and
 Routes:
 
 * ``GET /``            the page (plain HTML/JS from the package's ``static/index.html``; no build step);
-* ``GET /api/info``    what the page states: max side, upload limits, attacks offered, ``detector: null``;
+* ``GET /api/info``    what the page states: max side, upload limits, attacks offered, the detector's name
+  (``null`` without one: the page then says "no detector configured");
 * ``POST /api/predict`` the raw image bytes as the body (no multipart parsing needed), options in the query
   (``attack=none|fgsm|pgd``, ``eps``, ``steps``, ``objective``). Answers the image as it was analysed (downscaled
   to ``max_side``), overlays of the mask without and with ANSM, the defensive perturbation amplified, and with an
-  attack the same for the attacked image.
+  attack the same for the attacked image; with a detector each row also has ``attack_p`` and ``attack_flag``.
 
 Every bad request (empty, too large, not an image, corrupt, bad option) is a 4xx ``{"error": "..."}``; an
 unexpected failure is a 500 with a one-line message, its traceback only in the server's log.
@@ -152,8 +153,11 @@ class Analyzer:
     """Runs the networks for one image. One lock: a request holds the models (and the CPU) alone, so two
     analysts' requests queue instead of thrashing the cores."""
 
-    def __init__(self, localizer: nn.Module, ansm: nn.Module, device: torch.device | str = "cpu") -> None:
+    def __init__(self, localizer: nn.Module, ansm: nn.Module, device: torch.device | str = "cpu",
+                 detector: nn.Module | None = None, detector_threshold: float = 0.5) -> None:
         self.device = torch.device(device)
+        self.detector = detector.to(self.device).eval() if detector is not None else None
+        self.detector_threshold = float(detector_threshold)
         self.localizer = localizer.to(self.device).eval()
         self.ansm = ansm.to(self.device).eval()
         self.eps_d = float(getattr(ansm, "eps_d", 0.0)) or None
@@ -179,7 +183,12 @@ class Analyzer:
         x_d, p0, p1 = self._masks(x)
         delta = x_d - x
         gain = 0.5 / self.eps_d if self.eps_d else 1.0
-        return {
+        flag: dict[str, Any] = {}
+        if self.detector is not None:
+            with torch.no_grad():
+                p = float(torch.sigmoid(self.detector(x[None].to(self.device)))[0])
+            flag = {"attack_p": round(p, 4), "attack_flag": p > self.detector_threshold}
+        return {**flag,
             "image": png_data_url(x),
             "mask_nodef": png_data_url(overlay(x, p0)),
             "mask_def": png_data_url(overlay(x, p1)),
@@ -229,7 +238,8 @@ def page_html() -> str:
 
 def create_app(localizer: nn.Module, ansm: nn.Module, *, limits: ServeLimits | None = None,
                device: torch.device | str = "cpu", localizer_name: str = "localizer",
-               ansm_name: str = "ANSM") -> Any:
+               ansm_name: str = "ANSM", detector: nn.Module | None = None, detector_threshold: float = 0.5,
+               detector_name: str = "detector") -> Any:
     """The Starlette app for ``localizer`` defended by ``ansm`` (both ``nn.Module`` s, moved to ``device``).
 
     ``localizer_name`` / ``ansm_name`` are only shown in the page (which checkpoints are being looked at)."""
@@ -240,11 +250,13 @@ def create_app(localizer: nn.Module, ansm: nn.Module, *, limits: ServeLimits | N
     from starlette.routing import Route
 
     limits = limits or ServeLimits()
-    analyzer = Analyzer(localizer, ansm, device)
+    analyzer = Analyzer(localizer, ansm, device, detector, detector_threshold)
     html = page_html()
     info = {"max_side": limits.max_side, "max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels,
             "attacks": list(PAGE_ATTACKS), "objectives": list(OBJECTIVES), "max_steps": MAX_STEPS,
-            "max_eps": f"{round(MAX_EPS * 255)}/255", "eps_d": analyzer.eps_d, "detector": None,
+            "max_eps": f"{round(MAX_EPS * 255)}/255", "eps_d": analyzer.eps_d,
+            "detector": detector_name if detector is not None else None,
+            "detector_threshold": detector_threshold if detector is not None else None,
             "localizer": localizer_name, "ansm": ansm_name, "device": str(analyzer.device)}
 
     async def index(request: Request) -> Response:
