@@ -160,7 +160,8 @@ def main() -> None:
         f"**test** ({test['n_images']} images, {test['n_forged']} forged; reported once):", "", table(test), "",
         f"**val** ({val['n_images']} images, {val['n_forged']} forged; where w was chosen):", "", table(val), "",
         f"`OMP_NUM_THREADS=1 python experiments/detector_val.py --docs`: {runtime:.0f} s on one core for the run "
-        "that measured these numbers (localizer already trained; training it adds ~2.5 min)."])
+        "that measured these numbers (stages already on disk are read back, not rerun; from scratch ~6 min, "
+        "2.5 of them the localizer)."])
     write_json_atomic(OUT / "summary.json", {"chosen_weight": chosen, "threshold": thr, "runtime_s": runtime,
                                              "val": val, "test": test})
     print(text)
