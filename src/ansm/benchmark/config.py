@@ -39,7 +39,7 @@ class BenchmarkConfig:
     ansm_seeds: int = 2  # ANSM seeds (>= 2: each seed's gray-box surrogate is the next seed's ANSM)
     baseline_seeds: int = 1  # seeds of the trained baselines (denoisers, adversarial fine-tuning)
     # The benchmark's ANSM recipe is labelled "online FFA + MgR" in its report: online attacks only, FFA 40 + MgR 180
-    # steps (the demo's is "offline pixel alignment + MgR", which needs attack sets built first; docs/benchmark.md
+    # steps (the demo's is MgR alone from offline attack sets, which need building first; docs/benchmark.md
     # says why they differ). Its baselines get the same step budget.
     ansm_stage1_steps: int = 40
     ansm_stage2_steps: int = 180

@@ -267,7 +267,7 @@ def _notes(cfg: BenchmarkConfig, report: dict[str, Any]) -> list[str]:
         f"{cfg.check_margin} F1.",
         f"Oblivious/transfer/gray-box PGD: {cfg.pgd_steps} steps, alpha 2.5 eps/steps, random start.",
         f"ANSM here is the benchmark's recipe \"online FFA + MgR\" ({cfg.ansm_stage1_steps} + {cfg.ansm_stage2_steps} "
-        f"steps, batch {cfg.ansm_batch}, online attacks), not the demo's \"offline pixel alignment + MgR\".",
+        f"steps, batch {cfg.ansm_batch}, online attacks), not the demo's (MgR alone from offline attack sets).",
         f"Equal budgets: the denoisers get ANSM's network, eps_d and {cfg.ansm_stage1_steps + cfg.ansm_stage2_steps} "
         f"steps at batch {cfg.ansm_batch} (pixel L1, or L1 on the localizer's tapped features, HGD-style); "
         f"adversarial fine-tuning gets {cfg.advft_budget} steps at batch {cfg.ansm_batch}, every example PGD at "
