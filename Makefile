@@ -5,21 +5,27 @@ VENV   ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ansm-installed
+# the test extras (pytest, onnxruntime, selenium, the web server) come on top: `make demo` does not wait for them
+TEST_STAMP := $(VENV)/.ansm-test-installed
 
 .PHONY: demo test setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e .
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(TEST_STAMP)
+
+setup: $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ansm demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
