@@ -57,6 +57,19 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.GroupNorm(groups, channels)
 
 
+def blur_kernel() -> torch.Tensor:
+    """The fixed 3x3 binomial blur ([1, 2, 1] outer itself, / 16), one per RGB channel (3x1x3x3, depthwise)."""
+    b = torch.tensor([1.0, 2.0, 1.0])
+    return (b[:, None] * b[None, :] / 16).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+
+
+def high_pass(x: torch.Tensor, blur: torch.Tensor, scale: float) -> torch.Tensor:
+    """``(x - blur(x)) / scale`` with replicate padding: the band adversarial noise lives in (ANSM's input and
+    the attack detector's)."""
+    padded = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    return (x - nn.functional.conv2d(padded, blur, groups=3)) / scale
+
+
 class ResidualBlock(nn.Module):
     """conv-(norm)-ReLU-conv-(norm) plus identity, with a dilation that widens the receptive field for free."""
 
@@ -111,8 +124,7 @@ class ANSM(nn.Module):
         self.arch = arch
         self.config: dict[str, Any] = {"eps_d": self.eps_d, "width": int(width), "dilations": [int(d) for d in dilations],
                                        "norm": norm, "arch": arch}
-        blur = torch.tensor([1.0, 2.0, 1.0])
-        blur = (blur[:, None] * blur[None, :] / 16).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+        blur = blur_kernel()
         self.register_buffer("blur", blur, persistent=False)
         stride = 2 if arch == "fast" else 1
         self.head = nn.Sequential(nn.Conv2d(6, width, 3, stride=stride, padding=1, bias=norm == "none"),
@@ -148,8 +160,7 @@ class ANSM(nn.Module):
         ``g`` a linear path from the noise band to the output, so "suppress the band where it looks adversarial"
         is learnable in few steps; the body learns where and how much.
         """
-        padded = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
-        return (x - nn.functional.conv2d(padded, self.blur, groups=3)) / self.eps_d
+        return high_pass(x, self.blur, self.eps_d)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """``cat([(x - 0.5) * 4, high_pass(x)])`` (the first layer's input) in one fixed convolution (``"fast"``):

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from ansm.attacks.objectives import Objective, get_objective
 from ansm.checkpoint import (build_from_config, checkpoint_paths, load_checkpoint, load_state_dict_strict,
                              optimizer_from_tensors, optimizer_to_tensors, save_checkpoint)
+from ansm.defense.ansm_net import blur_kernel, high_pass
 from ansm.errors import CheckpointError, ConfigError, DataError
 from ansm.utils import parse_eps, seeded_generator, write_json_atomic
 from ansm.validate import check_fields
@@ -79,9 +80,7 @@ class AttackDetector(nn.Module):
         self.eps_ref = float(eps)
         self.use_image = bool(use_image)
         self.config: dict[str, Any] = {"width": int(width), "eps_ref": self.eps_ref, "use_image": self.use_image}
-        blur = torch.tensor([1.0, 2.0, 1.0])
-        blur = (blur[:, None] * blur[None, :] / 16).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
-        self.register_buffer("blur", blur, persistent=False)
+        self.register_buffer("blur", blur_kernel(), persistent=False)
         w = int(width)
         self.features = nn.Sequential(
             nn.Conv2d(6 if use_image else 3, w, 3, padding=1), nn.ReLU(inplace=True),
@@ -92,8 +91,7 @@ class AttackDetector(nn.Module):
 
     def high_pass(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - blur(x)) / eps_ref`` with replicate padding, as :meth:`ansm.defense.ansm_net.ANSM.high_pass`."""
-        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
-        return (x - F.conv2d(padded, self.blur, groups=3)) / self.eps_ref
+        return high_pass(x, self.blur, self.eps_ref)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3 or min(x.shape[-2:]) < 4:
