@@ -90,3 +90,60 @@ def test_shared_data_loads_every_dataset(shared_dir: Path) -> None:
             item = ds[i]
             assert item["image"].shape[-2:] == item["mask"].shape[-2:], (name, item["name"])
             assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
+
+
+def _split_folder(root: Path) -> Path:
+    ds = root / "casia"
+    for n in ("f1", "f2", "f3"):
+        _pair(ds, n)
+    (ds / "authentic").mkdir()
+    Image.new("RGB", (5, 4)).save(ds / "authentic" / "a1.jpg")
+    splits = {"train": ["f1", "a1"], "val": ["f2"], "test": ["f3", "missing_in_this_copy"]}
+    (ds / "splits.json").write_text(json.dumps(splits))
+    _pair(root / "other", "o1")  # no splits.json: used whole
+    return ds
+
+
+def test_split_reader_keeps_one_split(tmp_path: Path) -> None:
+    ds_dir = _split_folder(tmp_path)
+    assert [r.name for r in open_dataset(ds_dir, split="train").records] == ["f1", "a1"]
+    assert [r.name for r in open_dataset(ds_dir, split="test").records] == ["f3"]  # partial copies are fine
+    found = discover_datasets(tmp_path, split="val")
+    assert [r.name for r in found["casia"].records] == ["f2"] and found["casia"].split == "val"
+    assert len(found["other"]) == 1 and found["other"].split is None
+
+
+def test_split_reader_refuses_overlap_unknown_and_missing(tmp_path: Path) -> None:
+    ds_dir = _split_folder(tmp_path)
+    with pytest.raises(DataError, match="unknown split"):
+        open_dataset(ds_dir, split="dev")
+    with pytest.raises(DataError, match="no splits.json"):
+        open_dataset(tmp_path / "other", split="test")
+    (ds_dir / "splits.json").write_text(json.dumps({"train": ["f1"], "val": ["f1"], "test": []}))
+    with pytest.raises(DataError, match="both train and val"):
+        open_dataset(ds_dir, split="train")
+    (ds_dir / "splits.json").write_text(json.dumps({"train": ["zz"], "val": [], "test": []}))
+    with pytest.raises(DataError, match="none of its images"):
+        open_dataset(ds_dir, split="train")
+
+
+def test_real_casia1_split_is_disjoint_by_source_photo() -> None:
+    from ansm.data.datasets import read_split
+    from ansm.models.noiseprint import _repo_root
+
+    root = _repo_root().parent / "shared" / "real" / "casia1"
+    if not (root / "splits.json").is_file():
+        pytest.skip(f"{root}/splits.json absent")
+    import re
+
+    def photos(ids: set[str]) -> set[str]:
+        out = set()
+        for i in ids:
+            m = re.match(r"Au_([a-z]+)_(\d+)$", i)
+            out |= {m.group(1) + m.group(2)} if m else set(re.findall(r"[a-z]{3}\d{4,5}", i))
+        return out
+
+    sets = {s: read_split(root, s) for s in ("train", "val", "test")}
+    assert [len(open_dataset(root, split=s)) for s in sets] == [626 + 539, 129 + 93, 164 + 138]
+    p = {s: photos(ids) for s, ids in sets.items()}
+    assert not (p["train"] & p["test"]) and not (p["train"] & p["val"]) and not (p["val"] & p["test"])

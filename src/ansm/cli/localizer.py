@@ -103,6 +103,8 @@ def evaluate_cmd(
     max_side: Optional[int] = max_side_option(),
     tile: Optional[int] = tile_option("Tiled predictions are close to, not equal to, whole-image ones (see README)."),
     resize_masks: bool = typer.Option(False, help="Resize masks whose size differs from their image (nearest)."),
+    split: Optional[str] = typer.Option(None, help="train, val or test: restrict datasets that have a splits.json "
+                                        "(e.g. ../shared/real/casia1) to that split; others are used whole."),
     size: int = typer.Option(128, help="Image side for synthetic:N."),
     batch_size: int = typer.Option(8, help="Images per forward pass (same-size images only)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the numbers here as JSON."),
@@ -129,7 +131,7 @@ def evaluate_cmd(
     from ansm.utils import resolve_device, write_json_atomic
 
     # unique keys: x/casia and y/casia are both kept (casia, casia-2); "sources" in the JSON says which is which
-    datasets, sources = collect_datasets(data, size=size, max_side=max_side, resize_masks=resize_masks)
+    datasets, sources = collect_datasets(data, size=size, max_side=max_side, resize_masks=resize_masks, split=split)
     dev = resolve_device(device)
     localizer = resolve_localizer(model, weights=weights).to(dev).eval()
     results: dict[str, dict[str, float]] = {}
@@ -148,5 +150,6 @@ def evaluate_cmd(
 
     Console(markup=False).print(table)  # dataset and model names are printed as given
     if json_path:
-        write_json_atomic(json_path, {"model": model, "datasets": results, "sources": sources})
+        splits = {k: getattr(ds, "split", None) for k, ds in datasets.items()}
+        write_json_atomic(json_path, {"model": model, "datasets": results, "sources": sources, "splits": splits})
         console.print(f"wrote {json_path}")

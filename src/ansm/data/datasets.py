@@ -8,6 +8,9 @@
   resolved against the JSON file's folder, and no path may escape that root (a manifest cannot make us read
   ``/etc/passwd``); pass ``root=`` to resolve against another folder.
 * A folder whose subfolders are datasets (``shared/data``: casia1, imd2020, comofod): see :func:`discover_datasets`.
+* **Splits**: a dataset folder may hold ``splits.json`` = ``{"train": [ids], "val": [ids], "test": [ids]}`` (ids are
+  file stems, forged and authentic alike; ``shared/real/casia1`` has one, grouped by source photo). ``split="test"``
+  keeps only that split's records; see :func:`read_split`.
 
 Images are returned at native size unless the caller asks otherwise (``max_side`` downscales keeping the aspect
 ratio; ``size`` resizes to a fixed HxW). A mask whose size differs from its image is an error naming both files,
@@ -28,6 +31,8 @@ from ansm.data.io import IMAGE_EXTENSIONS, check_same_size, read_image, read_mas
 from ansm.errors import DataError
 
 MASK_SUFFIXES = ("_gt", "_mask", "_gt_target", "_gt_source")
+SPLITS_FILE = "splits.json"
+SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -128,13 +133,60 @@ def list_records(path: str | os.PathLike, root: str | os.PathLike | None = None)
     return recs
 
 
+def splits_file(path: str | os.PathLike) -> Path | None:
+    """``<path>/splits.json`` if the dataset folder has one (a JSON-list dataset never has)."""
+    p = Path(path)
+    f = p / SPLITS_FILE
+    return f if p.is_dir() and f.is_file() else None
+
+
+def read_split(path: str | os.PathLike, split: str) -> set[str]:
+    """The ids of ``split`` in ``<path>/splits.json``, checked: the three splits must be lists of strings that share
+    no id, so a broken file cannot silently put a test image into training."""
+    from ansm.utils import read_json
+
+    if split not in SPLIT_NAMES:
+        raise DataError(f"unknown split {split!r} (use one of {', '.join(SPLIT_NAMES)})")
+    f = splits_file(path)
+    if f is None:
+        raise DataError(f"{path}: no {SPLITS_FILE} in this dataset folder, so it has no {split!r} split "
+                        "(write one: {\"train\": [ids], \"val\": [ids], \"test\": [ids]}, ids = file stems)")
+    doc = read_json(f, DataError, "splits file")
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in SPLIT_NAMES):
+        raise DataError(f"{f}: expected an object with lists \"train\", \"val\" and \"test\" of image ids")
+    sets = {}
+    for k in SPLIT_NAMES:
+        if not all(isinstance(i, str) for i in doc[k]):
+            raise DataError(f"{f}: split {k!r} holds a non-string id")
+        sets[k] = set(doc[k])
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = sorted(sets[a] & sets[b])
+        if shared:
+            raise DataError(f"{f}: {len(shared)} ids are in both {a} and {b}, e.g. {shared[0]}")
+    return sets[split]
+
+
+def filter_split(records: list[Record], path: str | os.PathLike, split: str) -> list[Record]:
+    """Keep the records of one split. Ids the split names but the folder lacks are allowed (a user's partial copy);
+    a split that keeps nothing is an error, as it always means the wrong folder or file."""
+    ids = read_split(path, split)
+    kept = [r for r in records if r.name in ids]
+    if not kept:
+        raise DataError(f"{path}: none of its images is in split {split!r} of {SPLITS_FILE}")
+    return kept
+
+
 class ForgeryDataset(torch.utils.data.Dataset):
     """Items: ``{"image": 3xHxW, "mask": 1xHxW, "name", "label", "image_path", "mask_path"}``."""
 
     def __init__(self, path: str | os.PathLike, *, root: str | os.PathLike | None = None, max_side: int | None = None,
-                 size: tuple[int, int] | None = None, resize_masks: bool = False, records: list[Record] | None = None) -> None:
+                 size: tuple[int, int] | None = None, resize_masks: bool = False, records: list[Record] | None = None,
+                 split: str | None = None) -> None:
         self.path = Path(path)
         self.records = records if records is not None else list_records(path, root)
+        self.split = split
+        if split is not None:
+            self.records = filter_split(self.records, path, split)
         self.max_side, self.size, self.resize_masks = max_side, size, resize_masks
         if max_side is not None and max_side < 8:
             raise DataError(f"max_side must be >= 8, got {max_side}")
@@ -179,17 +231,21 @@ def open_dataset(path: str | os.PathLike, **kwargs: Any) -> ForgeryDataset:
     return ForgeryDataset(path, **kwargs)
 
 
-def discover_datasets(path: str | os.PathLike, **kwargs: Any) -> dict[str, ForgeryDataset]:
-    """``{name: dataset}``: the folder itself if it holds images, else each subfolder that is a dataset."""
+def discover_datasets(path: str | os.PathLike, split: str | None = None, **kwargs: Any) -> dict[str, ForgeryDataset]:
+    """``{name: dataset}``: the folder itself if it holds images, else each subfolder that is a dataset.
+
+    ``split``: the folder itself must then have a ``splits.json``; in a folder of datasets it restricts those
+    subfolders that have one (``shared/real``: casia1 to its test split) and the others are used whole, as the
+    cross-dataset protocol wants. Each dataset's ``.split`` says which happened."""
     p = Path(path)
     if p.is_file() or (p.is_dir() and (any(_is_image(c) for c in p.iterdir()) or (p / "Tp").is_dir())):
-        return {p.stem if p.is_file() else p.name: open_dataset(p, **kwargs)}
+        return {p.stem if p.is_file() else p.name: open_dataset(p, split=split, **kwargs)}
     if not p.is_dir():
         raise DataError(f"{p}: dataset not found")
     found = {}
     for sub in sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")):
         if any(_is_image(c) for c in sub.iterdir()) or (sub / "Tp").is_dir():
-            found[sub.name] = open_dataset(sub, **kwargs)
+            found[sub.name] = open_dataset(sub, split=split if splits_file(sub) else None, **kwargs)
     if not found:
         raise DataError(f"{p}: no dataset found in it or in its subfolders")
     return found
