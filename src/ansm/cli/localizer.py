@@ -16,7 +16,7 @@ from ansm.cli.options import max_side_option, tile_option, validate_tile
 @command("train-localizer", example="ansm train-localizer --out runs/localizer --seed 0")
 def train_localizer_cmd(
     out: Path = typer.Option(Path("runs/localizer"), "--out", "-o", help="Run folder (re-run to resume)."),
-    arch: str = typer.Option("twostream", help="Registered localizer: twostream, unet-small, noiseprint-head."),
+    arch: str = typer.Option("twostream", help="Registered localizer: twostream, unet-small, noiseprint-head, mobilenet-unet."),
     weights: Optional[str] = typer.Option(None, help="noiseprint-head: Noiseprint++ weights file (default: auto lookup)."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: 1200; 600 for noiseprint-head)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step."),
@@ -24,6 +24,12 @@ def train_localizer_cmd(
     size: Optional[int] = typer.Option(None, help="Training image side, pixels."),
     pool: Optional[int] = typer.Option(None, help="Synthetic training images rendered before training."),
     source: Optional[Path] = typer.Option(None, help="Folder of authentic photos (default: scikit-image's)."),
+    data: Optional[Path] = typer.Option(None, help="Train on a real dataset folder with a splits.json instead of "
+                                        "synthetic forgeries, e.g. ../shared/real/casia1."),
+    split: str = typer.Option("train", help="With --data: the split trained on."),
+    val_split: str = typer.Option("val", help="With --data: the split that picks the checkpoint (best F1@0.5)."),
+    val_every: Optional[int] = typer.Option(None, help="With --data: validate every N steps (default 250)."),
+    crop: Optional[int] = typer.Option(None, help="Random-crop side (default: 96 synthetic, 256 with --data)."),
     eval_n: Optional[int] = typer.Option(None, help="Held-out synthetic images evaluated at the end (0: skip)."),
     init: Optional[Path] = typer.Option(None, help="Start from this localizer checkpoint (fine-tuning)."),
     adv_eps: Optional[str] = typer.Option(None, help="PGD adversarial training budget, e.g. 8/255 (default: off)."),
@@ -35,7 +41,10 @@ def train_localizer_cmd(
                                              help="twostream: with or without the JPEG-grid stream (default: with)."),
     seed: int = typer.Option(0, help="Seed for initialisation, data and batches."),
 ) -> None:
-    """Train a built-in localizer on synthetic forgeries, then report F1 on held-out synthetic images.
+    """Train a built-in localizer on synthetic forgeries (or a real dataset split with --data), then report F1.
+
+    Real data: --data ../shared/real/casia1 --arch mobilenet-unet trains on the train split in 256-px crops
+    (flips, rescale, JPEG, blur, noise) and keeps the checkpoint with the best F1@0.5 on the val split.
 
     Writes <out>/localizer.{safetensors,json} (load it with --model <out>/localizer) and a resumable
     <out>/train_state checkpoint; an interrupted run started again continues from its last checkpoint.
@@ -59,7 +68,10 @@ def train_localizer_cmd(
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "size": size, "pool": pool,
                  "source": str(source) if source else None, "eval_n": eval_n, "adv_eps": adv_eps,
                  "adv_steps": adv_steps, "adv_fraction": adv_fraction, "init": str(init) if init else None,
-                 "noise_std": noise_std}
+                 "noise_std": noise_std, "val_every": val_every,
+                 "crop": crop if crop is not None else (256 if data is not None else None)}
+    if data is not None:
+        overrides.update(data=str(data), split=split, val_split=val_split)
     # Architectures built on a published backbone take ``weights`` (a path, or "auto" to look it up).
     accepted = inspect.signature(entry).parameters
     arch_kwargs = {"weights": weights or "auto"} if "weights" in accepted and not init else {}
@@ -74,13 +86,17 @@ def train_localizer_cmd(
                                **{k: v for k, v in overrides.items() if v is not None})
     seed_everything(seed)
     with progress() as bar:
-        render = bar.add_task("rendering data", total=cfg.pool)
+        render = bar.add_task("reading data" if cfg.data else "rendering data", total=None if cfg.data else cfg.pool)
         train = bar.add_task("training", total=cfg.steps)
         model, summary = train_localizer(cfg, on_step=lambda step, loss: bar.update(train, completed=step + 1,
                                                                                      description=f"training loss {loss:.3f}"),
                                          on_pool_item=lambda: bar.advance(render))
     write_json_atomic(out / "summary.json", summary)
     line = f"trained {arch} in {summary['train_s']:.0f} s ({cfg.steps} steps, resumed from {summary['resumed_from']})"
+    if "val" in summary:
+        v = summary["val"]
+        line += (f"; chosen on {cfg.val_split} at step {summary['chosen_step']}: F1@0.5 {v['f1']:.3f}, IoU {v['iou']:.3f}, "
+                 f"best-F1 {v['f1_best']:.3f}, pixel AUC {v['pixel_auc']:.3f}")
     if "heldout" in summary:
         h = summary["heldout"]
         line += (f"; held-out synthetic ({h['n_images']} images, {h['n_forged']} forged): F1@0.5 {h['f1']:.3f}, "

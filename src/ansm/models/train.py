@@ -68,6 +68,14 @@ class TrainLocalizerConfig:
     adv_eps: float = 0.0  # > 0: PGD adversarial training at this L-inf budget ("8/255" accepted)
     adv_steps: int = 3
     adv_fraction: float = 0.5  # share of each batch replaced by adversarial examples
+    # Real data: a dataset folder with a splits.json (e.g. ../shared/real/casia1). Trains on ``split`` with
+    # augmented random crops of side ``crop`` at native resolution (ansm.data.real), evaluates on ``val_split``
+    # every ``val_every`` steps, and keeps the checkpoint with the best val F1@0.5 as the final model.
+    data: str | None = None
+    split: str = "train"
+    val_split: str | None = "val"
+    val_every: int = 250
+    forged_fraction: float = 0.75
 
     def __post_init__(self) -> None:
         from ansm.utils import parse_eps
@@ -85,7 +93,9 @@ class TrainLocalizerConfig:
             self.init = str(self.init)
         if self.crop is not None and not 16 <= self.crop:
             raise ConfigError(f"crop must be >= 16 (or None), got {self.crop}")
-        for name in ("steps", "batch_size", "pool", "ckpt_every", "size"):
+        if self.data is not None:
+            self.data = str(self.data)
+        for name in ("steps", "batch_size", "pool", "ckpt_every", "size", "val_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -170,23 +180,26 @@ def adversarial_share(model: nn.Module, x: torch.Tensor, m: torch.Tensor, step: 
     return torch.cat([pgd(x[:k], m[:k], generator=g), x[k:]])
 
 
-def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg: TrainLocalizerConfig) -> None:
+def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg: TrainLocalizerConfig,
+                val_history: list[dict[str, Any]] | None = None) -> None:
     opt_tensors, opt_meta = optimizer_to_tensors(opt)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
-    save_checkpoint(path, tensors, {"kind": "train_state", "step": step, "config": asdict(cfg), "optimizer": opt_meta})
+    save_checkpoint(path, tensors, {"kind": "train_state", "step": step, "config": asdict(cfg), "optimizer": opt_meta,
+                                    "val_history": val_history or []})
 
 
 def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainLocalizerConfig) -> int:
     tensors, meta = load_checkpoint(path)
     saved = meta.get("config", {})
     for key in ("arch", "arch_kwargs", "seed", "size", "crop", "pool", "source", "batch_size", "steps", "init",
-                "adv_eps", "adv_steps", "adv_fraction", "noise_std", "noise_prob"):
+                "adv_eps", "adv_steps", "adv_fraction", "noise_std", "noise_prob", "data", "split", "val_split",
+                "val_every", "forged_fraction"):
         was = saved.get(key, getattr(TrainLocalizerConfig, key, None))  # a state saved before the field existed
         if was != asdict(cfg).get(key):
             raise CheckpointError(f"{path}: cannot resume, {key} was {was!r} but is now {asdict(cfg).get(key)!r}")
     load_state_dict_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     optimizer_from_tensors(opt, tensors, meta["optimizer"])
-    return int(meta["step"])
+    return int(meta["step"]), list(meta.get("val_history", []))
 
 
 def train_localizer(cfg: TrainLocalizerConfig, on_step: Callable[[int, float], None] | None = None,
@@ -206,16 +219,35 @@ def train_localizer(cfg: TrainLocalizerConfig, on_step: Callable[[int, float], N
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state_path = out / "train_state"
-    start = _load_state(state_path, model, opt, cfg) if checkpoint_paths(state_path)[1].exists() else 0
-    images, masks = render_pool(cfg.pool, cfg.seed, cfg.size, cfg.source, on_item=on_pool_item)
+    start, val_history = (_load_state(state_path, model, opt, cfg) if checkpoint_paths(state_path)[1].exists()
+                          else (0, []))
+    real = val_set = None
+    if cfg.data is not None:
+        from ansm.data.datasets import open_dataset
+        from ansm.data.real import RealTrainingSet
+
+        real = RealTrainingSet(cfg.data, cfg.split, cfg.forged_fraction, on_item=on_pool_item)
+        val_set = open_dataset(cfg.data, split=cfg.val_split) if cfg.val_split else None
+    else:
+        images, masks = render_pool(cfg.pool, cfg.seed, cfg.size, cfg.source, on_item=on_pool_item)
     t_data = time.perf_counter() - t0
+    best_path = out / "best_on_val"
+
+    def validate(step: int) -> None:
+        """Measure val F1 and keep the best checkpoint (the selection the issue's protocol asks for)."""
+        result = evaluate(model, val_set, batch_size=cfg.batch_size)
+        best = max((h["f1"] for h in val_history), default=-1.0)
+        val_history.append({"step": step, **{k: result[k] for k in ("f1", "iou", "f1_best", "pixel_auc")}})
+        if result["f1"] > best:
+            save_localizer(model, best_path, training={"step": step, "val": result})
+        model.train()
 
     model.train()
     loss_value = float("nan")
     for step in range(start, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        x, m = augmented_batch(images, masks, step, cfg)
+        x, m = real.batch(cfg.batch_size, cfg.crop, cfg.seed, step) if real else augmented_batch(images, masks, step, cfg)
         if cfg.adv_eps > 0:
             x = adversarial_share(model, x, m, step, cfg)
         loss = segmentation_loss(model(x), m, cfg.dice_weight)
@@ -226,13 +258,25 @@ def train_localizer(cfg: TrainLocalizerConfig, on_step: Callable[[int, float], N
         loss_value = loss.item()
         if on_step:
             on_step(step, loss_value)
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            _save_state(state_path, model, opt, step + 1, cfg)
+        done = step + 1
+        if val_set is not None and (done % cfg.val_every == 0 or done == cfg.steps) \
+                and all(h["step"] != done for h in val_history):
+            validate(done)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            _save_state(state_path, model, opt, done, cfg, val_history)
     model.eval()
     t_train = time.perf_counter() - t0
     summary: dict[str, Any] = {"arch": cfg.arch, "steps": cfg.steps, "resumed_from": start, "final_loss": loss_value,
                                "data_s": round(t_data, 1), "train_s": round(t_train, 1), "config": asdict(cfg)}
-    if cfg.eval_n > 0:
+    if val_set is not None and val_history:
+        # the final model is the checkpoint chosen on val, never the last step by default
+        from ansm.models.registry import load_localizer
+
+        best = max(val_history, key=lambda h: h["f1"])
+        model.load_state_dict(load_localizer(best_path).state_dict())
+        model.eval()
+        summary.update(val_history=val_history, chosen_step=best["step"], val=best)
+    if cfg.eval_n > 0 and real is None:
         # Held-out: the test split renders photos the training split never uses (seed 0 = `synthetic:N`).
         heldout = SyntheticForgeries(cfg.eval_n, seed=0, split="test", size=cfg.size, source=cfg.source)
         summary["heldout"] = evaluate(model, heldout, batch_size=cfg.batch_size)
