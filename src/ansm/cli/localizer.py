@@ -113,8 +113,11 @@ COLUMNS = {"n_images": "images", "n_forged": "forged", "f1": "F1", "iou": "IoU",
 @command("evaluate", example="ansm evaluate --model runs/localizer/localizer --data ../shared/data --json runs/eval.json")
 def evaluate_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Localizer: checkpoint path, registered name or module:callable."),
-    data: list[str] = typer.Option(..., "--data", "-d", help="Dataset folder, folder of datasets, IMDLBenCo JSON, or "
-                                                            "synthetic:N. Repeat for several."),
+    data: Optional[list[str]] = typer.Option(None, "--data", "-d", help="Dataset folder, folder of datasets, IMDLBenCo "
+                                             "JSON, or synthetic:N. Repeat for several. With --protocol: its root."),
+    protocol: Optional[str] = typer.Option(None, help="real: CASIA v1 test + COVERAGE, IMD2020, CoMoFoD, NoSo, CASIA v2, "
+                                           "Columbia at native resolution, with each mask convention (root: --data, "
+                                           "default ../shared/real)."),
     weights: Optional[Path] = typer.Option(None, help="Third-party weights for a registered model name."),
     max_side: Optional[int] = max_side_option(),
     tile: Optional[int] = tile_option("Tiled predictions are close to, not equal to, whole-image ones (see README)."),
@@ -146,8 +149,22 @@ def evaluate_cmd(
     from ansm.models.resolve import resolve_localizer
     from ansm.utils import resolve_device, write_json_atomic
 
-    # unique keys: x/casia and y/casia are both kept (casia, casia-2); "sources" in the JSON says which is which
-    datasets, sources = collect_datasets(data, size=size, max_side=max_side, resize_masks=resize_masks, split=split)
+    from ansm.errors import ConfigError
+
+    conventions: dict[str, str] = {}
+    if protocol is not None:
+        from ansm.eval.protocols import protocol_datasets
+
+        if split is not None or (data and len(data) > 1):
+            raise ConfigError("--protocol fixes the datasets and splits: give at most one --data (its root) and no --split")
+        datasets, conventions = protocol_datasets(protocol, data[0] if data else None, max_side=max_side,
+                                                  resize_masks=resize_masks)
+        sources = {k: str(Path(ds.path).resolve()) for k, ds in datasets.items()}
+    elif not data:
+        raise ConfigError("give --data (a dataset, a folder of datasets, synthetic:N) or --protocol real")
+    else:
+        # unique keys: x/casia and y/casia are both kept (casia, casia-2); "sources" in the JSON says which is which
+        datasets, sources = collect_datasets(data, size=size, max_side=max_side, resize_masks=resize_masks, split=split)
     dev = resolve_device(device)
     localizer = resolve_localizer(model, weights=weights).to(dev).eval()
     results: dict[str, dict[str, float]] = {}
@@ -160,12 +177,15 @@ def evaluate_cmd(
     table.add_column("dataset", no_wrap=True)
     for header in COLUMNS.values():
         table.add_column(header, justify="right")
+    if conventions:
+        table.add_column("mask marks")
     for name, r in results.items():
-        table.add_row(name, *(fmt(r[c]) for c in COLUMNS))
+        table.add_row(name, *(fmt(r[c]) for c in COLUMNS), *([conventions[name]] if conventions else []))
     from rich.console import Console
 
     Console(markup=False).print(table)  # dataset and model names are printed as given
     if json_path:
         splits = {k: getattr(ds, "split", None) for k, ds in datasets.items()}
-        write_json_atomic(json_path, {"model": model, "datasets": results, "sources": sources, "splits": splits})
+        write_json_atomic(json_path, {"model": model, "protocol": protocol, "datasets": results, "sources": sources,
+                                      "splits": splits, "mask_conventions": conventions})
         console.print(f"wrote {json_path}")
