@@ -129,11 +129,12 @@ def test_split_reader_refuses_overlap_unknown_and_missing(tmp_path: Path) -> Non
 
 def test_real_casia1_split_is_disjoint_by_source_photo() -> None:
     from ansm.data.datasets import read_split
-    from ansm.models.noiseprint import _repo_root
+    from ansm.eval.protocols import default_real_root
 
-    root = _repo_root().parent / "shared" / "real" / "casia1"
-    if not (root / "splits.json").is_file():
-        pytest.skip(f"{root}/splits.json absent")
+    real = default_real_root()
+    root = real / "casia1" if real else None
+    if root is None or not (root / "splits.json").is_file():
+        pytest.skip("../shared/real/casia1/splits.json absent")
     import re
 
     def photos(ids: set[str]) -> set[str]:

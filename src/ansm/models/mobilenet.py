@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ansm.checkpoint import locate_weights_file
 from ansm.errors import CheckpointError, ConfigError
 from ansm.models.base import InputConfig, Localizer
 from ansm.models.layers import ConvNormAct, UpBlock
@@ -46,7 +47,6 @@ from ansm.models.twostream import BayarConv, SRMFilter
 
 #: Environment variables consulted by :func:`default_mobilenet_weights`, in order.
 WEIGHTS_ENV = "ANSM_MOBILENET_WEIGHTS"
-SHARED_ENV = "ANSM_SHARED"
 WEIGHTS_FILENAME = "mobilenet_v2_1.0_224_quant.tflite"
 WEIGHTS_SUBDIR = ("weights", "mobilenet")
 
@@ -222,23 +222,10 @@ def default_mobilenet_weights() -> Path:
     Looked up in this order: ``$ANSM_MOBILENET_WEIGHTS`` (a file), ``$ANSM_SHARED/weights/mobilenet/<file>``,
     ``<repo>/../shared/weights/mobilenet/<file>``. Raises one :class:`ConfigError` naming every place looked at.
     """
-    candidates: list[Path] = []
-    if os.environ.get(WEIGHTS_ENV):
-        explicit = Path(os.environ[WEIGHTS_ENV]).expanduser()
-        if not explicit.is_file():
-            raise ConfigError(f"${WEIGHTS_ENV} points to {explicit}, which is not a file")
-        return explicit
-    if os.environ.get(SHARED_ENV):
-        candidates.append(Path(os.environ[SHARED_ENV]).expanduser().joinpath(*WEIGHTS_SUBDIR, WEIGHTS_FILENAME))
-    candidates.append(_repo_root().parent.joinpath("shared", *WEIGHTS_SUBDIR, WEIGHTS_FILENAME))
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise ConfigError(
-        "MobileNetV2 weights not found (looked at " + ", ".join(str(c) for c in candidates) + "); "
+    return locate_weights_file(
+        WEIGHTS_ENV, (*WEIGHTS_SUBDIR, WEIGHTS_FILENAME), _repo_root(), "MobileNetV2 weights",
         f"pass weights=PATH/{WEIGHTS_FILENAME} or set ${WEIGHTS_ENV}. The official file is TensorFlow's "
-        "mobilenet_v2_1.0_224_quant.tflite (Apache-2.0; e.g. google-coral/test_data)."
-    )
+        "mobilenet_v2_1.0_224_quant.tflite (Apache-2.0; e.g. google-coral/test_data).")
 
 
 class NoiseStream(nn.Module):

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ansm.checkpoint import load_state_dict_strict, load_third_party_state_dict
+from ansm.checkpoint import load_state_dict_strict, load_third_party_state_dict, locate_weights_file
 from ansm.errors import CheckpointError, ConfigError
 from ansm.models.base import InputConfig, Localizer
 from ansm.models.layers import ConvNormAct, DownBlock, UpBlock
@@ -39,7 +39,6 @@ from ansm.models.registry import register_localizer
 
 #: Environment variables consulted by :func:`default_noiseprint_weights`, in order.
 WEIGHTS_ENV = "ANSM_NOISEPRINT_WEIGHTS"
-SHARED_ENV = "ANSM_SHARED"
 WEIGHTS_FILENAME = "noiseprint++.th"
 
 _DEPTH = 17
@@ -102,23 +101,10 @@ def default_noiseprint_weights() -> Path:
     ``<repo>/../shared/weights/noiseprint++.th`` (the layout of our development machines). Raises one
     :class:`ConfigError` that names every place looked at, so the user knows what to set.
     """
-    candidates: list[Path] = []
-    if os.environ.get(WEIGHTS_ENV):
-        explicit = Path(os.environ[WEIGHTS_ENV]).expanduser()
-        if not explicit.is_file():
-            raise ConfigError(f"${WEIGHTS_ENV} points to {explicit}, which is not a file")
-        return explicit
-    if os.environ.get(SHARED_ENV):
-        candidates.append(Path(os.environ[SHARED_ENV]).expanduser() / "weights" / WEIGHTS_FILENAME)
-    candidates.append(_repo_root().parent / "shared" / "weights" / WEIGHTS_FILENAME)
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise ConfigError(
-        "Noiseprint++ weights not found (looked at " + ", ".join(str(c) for c in candidates) + "); "
+    return locate_weights_file(
+        WEIGHTS_ENV, ("weights", WEIGHTS_FILENAME), _repo_root(), "Noiseprint++ weights",
         f"pass --weights PATH/{WEIGHTS_FILENAME} or set ${WEIGHTS_ENV}. The official file is TruFor's "
-        "pretrained_models/noiseprint++/noiseprint++.th (GRIP-UNINA licence, non-commercial)."
-    )
+        "pretrained_models/noiseprint++/noiseprint++.th (GRIP-UNINA licence, non-commercial).")
 
 
 class ContextCompare(nn.Module):
