@@ -245,3 +245,57 @@ def test_resume_accepts_a_state_written_before_mgr_pixel_existed(tiny_cfg) -> No
     assert summary["resumed_from"] == cfg.total_steps
     with pytest.raises(CheckpointError, match="mgr_pixel"):
         train_ansm(TrainANSMConfig(**{**tiny_cfg, "stage2_steps": 1, "mgr_pixel": 0.5}))
+
+
+def _mixed_size_folder(root: Path) -> Path:
+    """Landscape and portrait forgeries (as in CASIA v1) plus an authentic photo, with a train split."""
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    ids = []
+    for i, (w, h) in enumerate([(72, 48), (48, 72), (64, 52), (72, 48)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"f{i}.png")
+        m = np.zeros((h, w), dtype=np.uint8)
+        m[8:30, 10:40] = 255
+        Image.fromarray(m).save(root / f"f{i}_gt.png")
+        ids.append(f"f{i}")
+    (root / "authentic").mkdir()
+    Image.fromarray(rng.integers(0, 256, (48, 72, 3), dtype=np.uint8)).save(root / "authentic" / "a0.png")
+    (root / "splits.json").write_text(json.dumps({"train": ids[:3] + ["a0"], "val": ids[3:], "test": []}))
+    return root
+
+
+def test_trains_on_a_real_split_with_a_mixed_size_attack_set(trained_localizer, tiny_cfg, tmp_path) -> None:
+    """--data: the clean pool is the folder's train split at native resolution, and an attack set of landscape and
+    portrait photos is cropped image by image, each crop still an original with its own attack noise."""
+    from ansm.data.datasets import open_dataset
+    from ansm.defense.data import load_adversarial_pool, real_clean_pool
+    from ansm.defense.ddp import DistContext
+    from ansm.defense.trainer import make_batch
+
+    folder = _mixed_size_folder(tmp_path / "real")
+    adv_dir = tmp_path / "adv"
+    eps = 8 / 255
+    build_adversarial_dataset(open_dataset(folder, split="train"), trained_localizer,
+                              create_attack("fgsm", trained_localizer, eps=eps), adv_dir, seed=0)
+    adv = load_adversarial_pool([adv_dir])
+    assert isinstance(adv.originals, list) and {tuple(t.shape[-2:]) for t in adv.originals} == {(48, 72), (72, 48), (52, 64)}
+    cfg = TrainANSMConfig(**{**tiny_cfg, "data": str(folder), "adv_data": [str(adv_dir)], "adv_fraction": 0.5})
+    pool = real_clean_pool(folder, "train")
+    assert len(pool.forged) == 3 and len(pool.authentic) == 1  # the val image stays out
+    sources = set()
+    for step in range(8):
+        b = make_batch(step, cfg, DistContext(), trained_localizer, pool, adv)
+        assert b.x_o.shape == b.x_a.shape == (4, 3, 32, 32) and b.mask.shape == (4, 1, 32, 32)
+        bound = eps if b.source == "offline" else cfg.eps_max  # an aligned pair differs by attack noise only
+        assert float((b.x_a - b.x_o).abs().max()) <= bound + 1.01 / 255
+        sources.add(b.source.split(":")[0])
+    assert sources == {"online", "offline"}
+    _, summary = train_ansm(cfg, trained_localizer)
+    assert summary["final_loss_stage2"] is not None
+    with pytest.raises(CheckpointError, match="cannot resume, split"):
+        train_ansm(TrainANSMConfig(**{**cfg.__dict__, "split": "val"}), trained_localizer)
+    with pytest.raises(ConfigError, match="needs crop"):
+        TrainANSMConfig(**{**tiny_cfg, "data": str(folder), "crop": None})

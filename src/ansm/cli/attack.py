@@ -16,6 +16,7 @@ from ansm.cli.options import max_side_option, tile_option, validate_tile
                            "--steps 10 --objective hide --out runs/adv-pgd")
 def attack_cmd(
     data: str = typer.Option(..., "--data", "-d", help="Dataset folder / IMDLBenCo JSON, or synthetic:N."),
+    split: Optional[str] = typer.Option(None, help="Only this split of the folder's splits.json (e.g. train)."),
     model: str = typer.Option(..., "--model", "-m", help="Localizer: checkpoint path, registered name or module:callable."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-run to resume; other settings "
                                                      "or retrained weights of --model are refused)."),
@@ -55,17 +56,22 @@ def attack_cmd(
     from ansm.attacks import create_attack
     from ansm.attacks.builder import build_adversarial_dataset, parse_shard, summarize_manifest
     from ansm.data.datasets import open_data
+    from ansm.errors import ConfigError
     from ansm.models.resolve import resolve_localizer
     from ansm.utils import resolve_device, seed_everything
 
     seed_everything(seed)
     k, n = parse_shard(shard)
     dev = resolve_device(device)
-    dataset = open_data(data, size=size, max_side=max_side)
+    if split is not None and data.startswith("synthetic:"):
+        raise ConfigError("--split is for dataset folders; synthetic:N is always the held-out test split")
+    dataset = open_data(data, size=size, max_side=max_side, **({"split": split} if split else {}))
     localizer = resolve_localizer(model, weights=weights).to(dev).eval()
     atk = create_attack(attack, localizer, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
                         random_start=random_start, decay=decay, c=c, kappa=kappa, lr=lr, objective=objective)
     describe = {"data": data, "model": model, "size": size if data.startswith("synthetic:") else None}
+    if split is not None:
+        describe["split"] = split
     # size options change the saved images: recorded (when given) so a resume with other values is refused
     describe.update({k: v for k, v in {"max_side": max_side, "tile": tile}.items() if v is not None})
     n_shard = len(range(k, len(dataset), n))

@@ -17,6 +17,7 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
 
 
 @command("train", example="ansm train --model runs/localizer/localizer --out runs/ansm --adv-data runs/adv-pgd "
+                          "(real photos: --data ../shared/real/casia1 --split train --crop 256) "
                           "(multi-process: torchrun --standalone --nproc_per_node 2 --no-python ansm train ...)")
 def train_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Localizer to protect: checkpoint path, registered name or module:callable."),
@@ -47,6 +48,9 @@ def train_cmd(
     pgd_steps: Optional[int] = typer.Option(None, help="Steps of online PGD/BIM/MI-FGSM."),
     adv_data: Optional[list[Path]] = typer.Option(None, "--adv-data", help="Attack-set folder from `ansm attack` (repeatable)."),
     adv_fraction: Optional[float] = typer.Option(None, help="Share of steps drawn from --adv-data."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Real dataset folder (with splits.json): its "
+                                        "--split, cut into --crop crops, is the clean pool (default: synthetic)."),
+    split: str = typer.Option("train", help="Split of --data to train on."),
     pool: Optional[int] = typer.Option(None, help="Clean synthetic training images."),
     size: Optional[int] = typer.Option(None, help="Side of the synthetic training images."),
     source: Optional[Path] = typer.Option(None, help="Folder of authentic photos for synthesis (default: scikit-image's)."),
@@ -71,17 +75,20 @@ def train_cmd(
                  "ffa_reduction": ffa_reduction, "mgr_lambda": mgr_lambda, "mgr_dice": mgr_dice, "mgr_ffa": mgr_ffa,
                  "attacks": _split(attacks), "objectives": _split(objectives), "eps_min": eps_min, "eps_max": eps_max,
                  "pgd_steps": pgd_steps, "adv_data": [str(p) for p in adv_data] if adv_data else None,
-                 "adv_fraction": adv_fraction, "pool": pool, "size": size, "source": str(source) if source else None}
+                 "adv_fraction": adv_fraction, "pool": pool, "size": size, "source": str(source) if source else None,
+                 "data": str(data) if data else None}
     kwargs = {k: v for k, v in overrides.items() if v is not None}
     if crop is not None:
         kwargs["crop"] = crop or None
-    cfg = TrainANSMConfig(localizer=model, out=str(out), seed=seed, device=device, **kwargs)
+    if data is not None and crop is None:
+        kwargs["crop"] = 256  # native-resolution photos: the size real localizers are trained at
+    cfg = TrainANSMConfig(localizer=model, out=str(out), seed=seed, device=device, split=split, **kwargs)
     seed_everything(seed)
     import os
 
     main = int(os.environ.get("RANK", "0")) == 0
     with progress(disable=None if main else True) as bar:
-        render = bar.add_task("rendering data", total=cfg.pool)
+        render = bar.add_task("reading data" if cfg.data else "rendering data", total=None if cfg.data else cfg.pool)
         task = bar.add_task("training", total=cfg.total_steps)
         _, summary = train_ansm(cfg, on_pool_item=lambda: bar.advance(render),
                                 on_step=lambda step, stage, loss: bar.update(

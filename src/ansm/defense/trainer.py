@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn as nn
@@ -44,13 +44,16 @@ from ansm.checkpoint import (
 )
 from ansm.defense.ansm_net import ANSM, ARCHS, save_ansm
 from ansm.defense.data import (AdversarialPool, Pool, load_adversarial_pool, random_crops, random_flip_rot90,
-                               render_clean_pool)
+                               real_clean_pool, render_clean_pool)
 from ansm.defense.ddp import DistContext, all_reduce_mean, barrier, setup_distributed, teardown
 from ansm.defense.losses import REDUCTIONS, feature_l1_loss, ffa_loss, mgr_loss, pixel_denoiser_loss
 from ansm.errors import CheckpointError, ConfigError
 from ansm.models.taps import FeatureTaps, resolve_layers
 from ansm.utils import parse_eps, seeded_generator, write_json_atomic
 from ansm.validate import check_fields
+
+if TYPE_CHECKING:
+    from ansm.data.real import RealTrainingSet
 
 ONLINE_ATTACKS = ("fgsm", "pgd", "bim", "mifgsm")
 # "ansm": stage 1 FFA then stage 2 MgR (the paper). The others train the same network as single-stage baselines
@@ -59,7 +62,7 @@ LOSSES = ("ansm", "pixel", "feature")
 # Settings that define the result: a resume with any of them changed is refused.
 _RESUME_KEYS = ("loss", "localizer", "seed", "stage1_steps", "stage2_steps", "batch_size", "crop", "lr", "stage2_lr", "eps_d",
                 "width", "dilations", "norm", "arch", "taps", "ffa_weight", "ffa_alpha", "ffa_reduction", "mgr_lambda", "mgr_dice", "mgr_ffa", "attacks",
-                "objectives", "mgr_pixel", "ffa_pixel", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source")
+                "objectives", "mgr_pixel", "ffa_pixel", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source", "data", "split")
 
 
 @dataclass
@@ -101,6 +104,8 @@ class TrainANSMConfig:
     pool: int = 400  # clean synthetic training images
     size: int = 128
     source: str | None = None
+    data: str | None = None  # a real dataset folder: its `split` is the clean pool instead (pool/size/source unused)
+    split: str = "train"
     ckpt_every: int = 25
     device: str = "auto"
 
@@ -124,7 +129,10 @@ class TrainANSMConfig:
         for name in ("batch_size", "pool", "ckpt_every", "pgd_steps", "size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.crop is not None and not 8 <= self.crop <= self.size:
+        if self.data is not None:  # native-resolution photos of many sizes: crops (checked against each image)
+            if self.crop is None or self.crop < 8:
+                raise ConfigError(f"training on a real dataset needs crop >= 8 (e.g. 256), got {self.crop}")
+        elif self.crop is not None and not 8 <= self.crop <= self.size:
             raise ConfigError(f"crop must be in [8, size={self.size}] or None, got {self.crop}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
@@ -188,20 +196,24 @@ class Batch:
     source: str  # "online:<attack>/<objective>/<eps>" or "offline"
 
 
-def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.Module, pool: Pool,
-               adv: AdversarialPool | None) -> Batch:
+def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.Module,
+               pool: Pool | RealTrainingSet, adv: AdversarialPool | None) -> Batch:
     """This rank's slice of step ``step``'s batch, with its adversarial images (a function of (seed, step, rank))."""
     g = seeded_generator(cfg.seed, step)
     lo, hi = ctx.rank * cfg.batch_size // ctx.world_size, (ctx.rank + 1) * cfg.batch_size // ctx.world_size
     use_offline = adv is not None and torch.rand(1, generator=g).item() < cfg.adv_fraction
     if use_offline:
         idx = torch.randint(len(adv), (cfg.batch_size,), generator=g)
-        triple = random_crops([adv.originals[idx], adv.adversarial[idx], adv.masks[idx]], cfg.crop, g)
+        triple = random_crops(adv.take(idx), cfg.crop, g)
         # the whole triple turns together: the pair stays an image and its exact attack noise
         x_o, x_a, m = (t[lo:hi].to(ctx.device).float() for t in random_flip_rot90(triple, g))
         return Batch(x_o / 255, x_a / 255, m, "offline")
-    idx = torch.randint(len(pool), (cfg.batch_size,), generator=g)
-    x_o, m = random_crops([pool.images[idx], pool.masks[idx]], cfg.crop, g)
+    if isinstance(pool, Pool):
+        idx = torch.randint(len(pool), (cfg.batch_size,), generator=g)
+        x_o, m = random_crops([pool.images[idx], pool.masks[idx]], cfg.crop, g)
+    else:  # a real split: native-resolution crops (its own generator, also a function of (seed, step))
+        x_o, m = pool.batch(cfg.batch_size, cfg.crop, cfg.seed, step)
+        x_o, m = x_o.mul(255).round().to(torch.uint8), m > 0.5
     x_o, m = random_flip_rot90([x_o, m], g)  # clean images are flipped/rotated before the attack
     name = cfg.attacks[int(torch.randint(len(cfg.attacks), (1,), generator=g))]
     objective = cfg.objectives[int(torch.randint(len(cfg.objectives), (1,), generator=g))]
@@ -333,8 +345,10 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
         state_path = out / "train_state"
         start = _load_state(state_path, ansm, opt, cfg) if checkpoint_paths(state_path)[1].exists() else 0
 
-        pool = render_clean_pool(cfg.pool, cfg.seed, cfg.size, cfg.source, on_item=on_pool_item)
-        adv = load_adversarial_pool(cfg.adv_data, pool) if cfg.adv_data and cfg.adv_fraction > 0 else None
+        pool = (real_clean_pool(cfg.data, cfg.split, on_item=on_pool_item) if cfg.data is not None
+                else render_clean_pool(cfg.pool, cfg.seed, cfg.size, cfg.source, on_item=on_pool_item))
+        synthetic = pool if isinstance(pool, Pool) else None  # (real attack sets find x_o by source_image)
+        adv = load_adversarial_pool(cfg.adv_data, synthetic) if cfg.adv_data and cfg.adv_fraction > 0 else None
         t_data = time.perf_counter() - t0
         model: nn.Module = ansm
         if ctx.distributed:
