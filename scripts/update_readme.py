@@ -4,6 +4,7 @@
     python scripts/update_readme.py attacks --n 100      # every attack on held-out synthetic images
     python scripts/update_readme.py shared               # clean vs PGD on ../shared/data, per dataset
     python scripts/update_readme.py benchmark            # from runs/benchmark-quick/report.json (ansm benchmark)
+    python scripts/update_readme.py real                 # from runs/benchmark-real (ansm benchmark --preset real)
 
 Models are the checkpoints given with --model (default: runs/localizer/localizer, plus
 runs/noiseprint-head/localizer when it exists). Raw numbers go to runs/readme/<section>.json.
@@ -190,7 +191,25 @@ def section_benchmark(models: list[str], args: argparse.Namespace) -> None:
     update_readme_section("benchmark", f"{table}\n\n{note}", REPO / "README.md")
 
 
-SECTIONS = {"benchmark": section_benchmark, "localizer": section_localizer, "attacks": section_attacks, "shared": section_shared, "demo": section_demo}
+def section_real(models: list[str], args: argparse.Namespace) -> None:
+    """The real benchmark's finished stages (nothing is run here): the localizer on the real protocol, and ANSM's
+    recipe comparison on val and seeds on test."""
+    from ansm.benchmark.real import load_finished
+    from ansm.benchmark.real_report import localizer_section, test_section, val_section
+
+    done = load_finished(args.run or REPO / "runs" / "benchmark-real")
+    if "protocol" not in done or "pgd" not in done:
+        raise SystemExit("the real benchmark's protocol stage has not finished: `ansm benchmark --preset real --until protocol`")
+    command = f"`ansm benchmark --preset {done['config']['preset']}`"
+    update_readme_section("real", f"{localizer_section(done)}\n\n{command}, stages localizer and protocol.",
+                          REPO / "README.md")
+    if "val" in done:
+        parts = [val_section(done)] + ([test_section(done)] if "test" in done else
+                                       ["(stages seeds and test not run yet)"])
+        update_readme_section("real-ansm", "\n\n".join(parts) + f"\n\n{command}.", REPO / "README.md")
+
+
+SECTIONS = {"real": section_real, "benchmark": section_benchmark, "localizer": section_localizer, "attacks": section_attacks, "shared": section_shared, "demo": section_demo}
 
 
 def main() -> None:
@@ -201,6 +220,7 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=None, help="downscale shared images above this side")
     parser.add_argument("--other-limit", type=int, default=None,
                         help="shared table: forged images per dataset for models after the first (slow models)")
+    parser.add_argument("--run", type=Path, default=None, help="real: the benchmark folder (default runs/benchmark-real)")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     models = args.model or default_models()
