@@ -35,3 +35,25 @@ def test_two_process_ddp_run(tmp_path: Path, trained_localizer_path: Path) -> No
     x = torch.rand(1, 3, 32, 32)
     y = model(x)
     assert (y - x).abs().max() <= model.eps_d + 1e-6 and not torch.equal(y, x)
+
+
+def test_train_localizer_under_torchrun_matches_one_process(tmp_path: Path) -> None:
+    """Two gloo processes, each with half of every global batch (gradients averaged), end at the weights one
+    process reaches with the whole batch: the batches do not depend on the number of processes."""
+    from ansm.models.registry import load_localizer
+
+    args = ["train-localizer", "--arch", "unet-small", "--steps", "3", "--batch-size", "4", "--size", "32",
+            "--crop", "32", "--pool", "8", "--eval-n", "0", "--device", "cpu", "--seed", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ANSM_PROGRESS": ""}
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python",
+           _ansm_executable(), *args, "--out", str(tmp_path / "two")]
+    res = subprocess.run(two, capture_output=True, text=True, timeout=240, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    res = subprocess.run([_ansm_executable(), *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         timeout=240, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    a = load_localizer(tmp_path / "one" / "localizer").state_dict()
+    b = load_localizer(tmp_path / "two" / "localizer").state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-3) for k in a)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2

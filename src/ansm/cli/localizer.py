@@ -40,6 +40,8 @@ def train_localizer_cmd(
     jpeg_grid: Optional[bool] = typer.Option(None, "--jpeg-grid/--no-jpeg-grid",
                                              help="twostream: with or without the JPEG-grid stream (default: with)."),
     seed: int = typer.Option(0, help="Seed for initialisation, data and batches."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1 or auto (under torchrun: one device per process)."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on with CUDA)."),
 ) -> None:
     """Train a built-in localizer on synthetic forgeries (or a real dataset split with --data), then report F1.
 
@@ -49,6 +51,8 @@ def train_localizer_cmd(
     Writes <out>/localizer.{safetensors,json} (load it with --model <out>/localizer) and a resumable
     <out>/train_state checkpoint; an interrupted run started again continues from its last checkpoint.
     PGD adversarial fine-tuning: --init runs/localizer/localizer --adv-eps 8/255 --steps 300.
+    GPUs: --device cuda uses mixed precision; torchrun --standalone --nproc_per_node N --no-python ansm
+    train-localizer ... splits every global batch over N processes (rank 0 validates and writes the files).
     """
     import inspect
 
@@ -82,15 +86,20 @@ def train_localizer_cmd(
             raise ConfigError(f"--jpeg-grid/--no-jpeg-grid: {arch if not init else '--init'} does not take it "
                               "(twostream trained from scratch does)")
         arch_kwargs["jpeg_grid"] = jpeg_grid
-    cfg = TrainLocalizerConfig(arch=arch, arch_kwargs=arch_kwargs, out=str(out), seed=seed,
+    cfg = TrainLocalizerConfig(arch=arch, arch_kwargs=arch_kwargs, out=str(out), seed=seed, device=device, amp=amp,
                                **{k: v for k, v in overrides.items() if v is not None})
     seed_everything(seed)
-    with progress() as bar:
+    import os
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    with progress(disable=None if main else True) as bar:
         render = bar.add_task("reading data" if cfg.data else "rendering data", total=None if cfg.data else cfg.pool)
         train = bar.add_task("training", total=cfg.steps)
         model, summary = train_localizer(cfg, on_step=lambda step, loss: bar.update(train, completed=step + 1,
                                                                                      description=f"training loss {loss:.3f}"),
                                          on_pool_item=lambda: bar.advance(render))
+    if not main:
+        return
     write_json_atomic(out / "summary.json", summary)
     line = f"trained {arch} in {summary['train_s']:.0f} s ({cfg.steps} steps, resumed from {summary['resumed_from']})"
     if "val" in summary:

@@ -9,6 +9,11 @@ Deterministic per seed: the training pool is rendered from ``(seed, index)``; th
 from a generator seeded with ``(seed, t)``; so a run resumed from its last checkpoint takes exactly the
 steps an uninterrupted run would. The checkpoint ``<out>/train_state`` is rewritten atomically every
 ``ckpt_every`` steps; the final model is ``<out>/localizer.{safetensors,json}``.
+
+On a GPU: ``device="cuda"`` (or ``auto``) runs there, with mixed precision (fp16 autocast and a gradient scaler)
+unless ``amp`` is off; under ``torchrun`` every rank takes its slice of each global batch, the model is wrapped in
+``DistributedDataParallel`` (gradients averaged) and rank 0 validates and writes the files. The batches do not
+depend on the number of processes, so one CPU process and N GPUs train on the same examples.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ class TrainLocalizerConfig:
     val_split: str | None = "val"
     val_every: int = 250
     forged_fraction: float = 0.75
+    device: str = "auto"  # cpu, cuda, cuda:1 or auto (under torchrun: one device per process)
+    amp: bool | None = None  # mixed precision; None: on for CUDA, off on a CPU
 
     def __post_init__(self) -> None:
         from ansm.utils import parse_eps
@@ -205,6 +212,21 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: T
 def train_localizer(cfg: TrainLocalizerConfig, on_step: Callable[[int, float], None] | None = None,
                     on_pool_item: Callable[[], None] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train, checkpoint, and return (model in eval mode, summary dict with timings)."""
+    from ansm.defense.ddp import setup_distributed, teardown
+
+    ctx = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, ctx, on_step, on_pool_item)
+    finally:
+        teardown(ctx)
+
+
+def _train(cfg: TrainLocalizerConfig, ctx: Any, on_step: Callable[[int, float], None] | None,
+           on_pool_item: Callable[[], None] | None) -> tuple[nn.Module, dict[str, Any]]:
+    from ansm.defense.ddp import all_reduce_mean, barrier
+
+    if cfg.batch_size % ctx.world_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {ctx.world_size} processes")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -216,8 +238,18 @@ def train_localizer(cfg: TrainLocalizerConfig, on_step: Callable[[int, float], N
         cfg.arch, cfg.arch_kwargs = model.name, {}
     else:
         model = create_localizer(cfg.arch, **cfg.arch_kwargs)
+    model.to(ctx.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    amp = cfg.amp if cfg.amp is not None else ctx.device.type == "cuda"
+    if amp and ctx.device.type != "cuda":
+        raise ConfigError("amp (fp16 autocast) needs a CUDA device; leave it off on a CPU")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    net: nn.Module = model
+    if ctx.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
+                                                  else None)
+    lo, hi = ctx.rank * cfg.batch_size // ctx.world_size, (ctx.rank + 1) * cfg.batch_size // ctx.world_size
     state_path = out / "train_state"
     start, val_history = (_load_state(state_path, model, opt, cfg) if checkpoint_paths(state_path)[1].exists()
                           else (0, []))
@@ -235,7 +267,7 @@ def train_localizer(cfg: TrainLocalizerConfig, on_step: Callable[[int, float], N
 
     def validate(step: int) -> None:
         """Measure val F1 and keep the best checkpoint (the selection the issue's protocol asks for)."""
-        result = evaluate(model, val_set, batch_size=cfg.batch_size)
+        result = evaluate(model, val_set, batch_size=cfg.batch_size, device=ctx.device)
         best = max((h["f1"] for h in val_history), default=-1.0)
         val_history.append({"step": step, **{k: result[k] for k in ("f1", "iou", "f1_best", "pixel_auc")}})
         if result["f1"] > best:
@@ -248,38 +280,48 @@ def train_localizer(cfg: TrainLocalizerConfig, on_step: Callable[[int, float], N
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         x, m = real.batch(cfg.batch_size, cfg.crop, cfg.seed, step) if real else augmented_batch(images, masks, step, cfg)
+        x, m = x[lo:hi].to(ctx.device), m[lo:hi].to(ctx.device)  # this rank's slice of the global batch
         if cfg.adv_eps > 0:
             x = adversarial_share(model, x, m, step, cfg)
-        loss = segmentation_loss(model(x), m, cfg.dice_weight)
+        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+            logits = net(x)
+        loss = segmentation_loss(logits.float(), m, cfg.dice_weight)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        loss_value = loss.item()
+        scaler.step(opt)
+        scaler.update()
+        loss_value = float(all_reduce_mean(loss.detach(), ctx))
         if on_step:
             on_step(step, loss_value)
         done = step + 1
         if val_set is not None and (done % cfg.val_every == 0 or done == cfg.steps) \
                 and all(h["step"] != done for h in val_history):
-            validate(done)
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            if ctx.is_main:
+                validate(done)
+            barrier(ctx)
+        if ctx.is_main and (done % cfg.ckpt_every == 0 or done == cfg.steps):
             _save_state(state_path, model, opt, done, cfg, val_history)
     model.eval()
     t_train = time.perf_counter() - t0
     summary: dict[str, Any] = {"arch": cfg.arch, "steps": cfg.steps, "resumed_from": start, "final_loss": loss_value,
                                "data_s": round(t_data, 1), "train_s": round(t_train, 1), "config": asdict(cfg)}
-    if val_set is not None and val_history:
-        # the final model is the checkpoint chosen on val, never the last step by default
-        from ansm.models.registry import load_localizer
+    if ctx.is_main:  # (only rank 0 validated, so only it knows the best step)
+        if val_set is not None and val_history:
+            # the final model is the checkpoint chosen on val, never the last step by default
+            from ansm.models.registry import load_localizer
 
-        best = max(val_history, key=lambda h: h["f1"])
-        model.load_state_dict(load_localizer(best_path).state_dict())
-        model.eval()
-        summary.update(val_history=val_history, chosen_step=best["step"], val=best)
-    if cfg.eval_n > 0 and real is None:
-        # Held-out: the test split renders photos the training split never uses (seed 0 = `synthetic:N`).
-        heldout = SyntheticForgeries(cfg.eval_n, seed=0, split="test", size=cfg.size, source=cfg.source)
-        summary["heldout"] = evaluate(model, heldout, batch_size=cfg.batch_size)
-        summary["eval_s"] = round(time.perf_counter() - t0 - t_train, 1)
-    save_localizer(model, out / "localizer", training=summary)
-    return model, summary
+            best = max(val_history, key=lambda h: h["f1"])
+            model.load_state_dict(load_localizer(best_path).state_dict())
+            model.eval()
+            summary.update(val_history=val_history, chosen_step=best["step"], val=best)
+        if cfg.eval_n > 0 and real is None:
+            # Held-out: the test split renders photos the training split never uses (seed 0 = `synthetic:N`).
+            heldout = SyntheticForgeries(cfg.eval_n, seed=0, split="test", size=cfg.size, source=cfg.source)
+            summary["heldout"] = evaluate(model, heldout, batch_size=cfg.batch_size, device=ctx.device)
+            summary["eval_s"] = round(time.perf_counter() - t0 - t_train, 1)
+        save_localizer(model.cpu(), out / "localizer", training=summary)
+    barrier(ctx)
+    summary["world_size"] = ctx.world_size
+    return model.cpu(), summary
