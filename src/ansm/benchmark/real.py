@@ -211,10 +211,8 @@ def run_real(cfg: RealConfig, until: str = "test", log: Callable[[str], None] = 
     _check_resume(out, cfg)
 
     loc_dir = out / "localizer"
-    if cfg.localizer:  # 1. localizer
-        localizer = Path(cfg.localizer)
-    else:
-        localizer = loc_dir / "train" / "localizer"
+    localizer = Path(cfg.localizer) if cfg.localizer else loc_dir / "train" / "localizer"  # 1. localizer
+    if not cfg.localizer and not (loc_dir / "train" / "summary.json").is_file():  # (finished: its summary is kept)
         cli("train-localizer", "--data", str(casia), "--arch", "mobilenet-unet", "--steps", str(cfg.loc_steps),
             "--val-every", str(cfg.loc_val_every), "--batch-size", str(cfg.loc_batch), "--lr", str(cfg.loc_lr),
             "--crop", str(cfg.crop), "--device", cfg.device, "--out", str(loc_dir / "train"))
