@@ -205,7 +205,7 @@ def section_real(models: list[str], args: argparse.Namespace) -> None:
                           REPO / "README.md")
     if "val" in done:
         parts = [val_section(done)] + ([test_section(done)] if "test" in done else
-                                       ["(stages seeds and test not run yet)"])
+                                       ["(the test stage has not been run yet: no CASIA v1 test number for ANSM exists)"])
         update_readme_section("real-ansm", "\n\n".join(parts) + f"\n\n{command}.", REPO / "README.md")
 
 
