@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from ansm.errors import ConfigError
 from ansm.utils import write_json_atomic
+from ansm.validate import check_fields
 
 STAGES = ("localizer", "protocol", "attack-sets", "val", "seeds", "test")
 RECIPES: dict[str, dict[str, float]] = {  # the three stage-1/stage-2 recipes compared on val
@@ -79,9 +80,10 @@ class RealConfig:
     def __post_init__(self) -> None:
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: give at least two distinct seeds (gray-box needs another seed), got {self.seeds}")
-        for name in ("loc_steps", "loc_val_every", "loc_batch", "crop", "ansm_batch", "adaptive_n", "eval_batch"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_fields(self, "--set {name}", positive=("loc_lr",), fraction=("adv_fraction",),
+                     non_negative_int=("stage1_steps", "stage2_steps"),
+                     positive_int=("loc_steps", "loc_val_every", "loc_batch", "crop", "ansm_batch", "adaptive_n",
+                                   "eval_batch"))
 
 
 REAL_PRESETS: dict[str, dict[str, Any]] = {

@@ -32,6 +32,10 @@ class DistContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def batch_slice(self, batch_size: int) -> slice:
+        """This rank's rows of a global batch of ``batch_size`` (every rank builds the whole batch, then slices)."""
+        return slice(self.rank * batch_size // self.world_size, (self.rank + 1) * batch_size // self.world_size)
+
 
 def setup_distributed(device: str | None = "auto") -> DistContext:
     """Join the process group if launched by ``torchrun`` with several processes; pick this rank's device."""

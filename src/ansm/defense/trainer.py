@@ -200,13 +200,13 @@ def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.
                pool: Pool | RealTrainingSet, adv: AdversarialPool | None) -> Batch:
     """This rank's slice of step ``step``'s batch, with its adversarial images (a function of (seed, step, rank))."""
     g = seeded_generator(cfg.seed, step)
-    lo, hi = ctx.rank * cfg.batch_size // ctx.world_size, (ctx.rank + 1) * cfg.batch_size // ctx.world_size
+    rows = ctx.batch_slice(cfg.batch_size)
     use_offline = adv is not None and torch.rand(1, generator=g).item() < cfg.adv_fraction
     if use_offline:
         idx = torch.randint(len(adv), (cfg.batch_size,), generator=g)
         triple = random_crops(adv.take(idx), cfg.crop, g)
         # the whole triple turns together: the pair stays an image and its exact attack noise
-        x_o, x_a, m = (t[lo:hi].to(ctx.device).float() for t in random_flip_rot90(triple, g))
+        x_o, x_a, m = (t[rows].to(ctx.device).float() for t in random_flip_rot90(triple, g))
         return Batch(x_o / 255, x_a / 255, m, "offline")
     if isinstance(pool, Pool):
         idx = torch.randint(len(pool), (cfg.batch_size,), generator=g)
@@ -218,8 +218,8 @@ def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.
     name = cfg.attacks[int(torch.randint(len(cfg.attacks), (1,), generator=g))]
     objective = cfg.objectives[int(torch.randint(len(cfg.objectives), (1,), generator=g))]
     eps = cfg.eps_min + (cfg.eps_max - cfg.eps_min) * torch.rand(1, generator=g).item()
-    x_o = x_o[lo:hi].to(ctx.device).float() / 255
-    m = m[lo:hi].to(ctx.device).float()
+    x_o = x_o[rows].to(ctx.device).float() / 255
+    m = m[rows].to(ctx.device).float()
     kwargs: dict[str, Any] = {"eps": eps, "objective": objective}
     if name != "fgsm":
         # enough step size to reach the ball's boundary in pgd_steps steps (2.5 eps / steps, Madry's ratio)

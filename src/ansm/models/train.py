@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,9 @@ from ansm.eval.evaluate import evaluate
 from ansm.models.registry import create_localizer, save_localizer
 from ansm.utils import seeded_generator
 from ansm.validate import check_fields
+
+if TYPE_CHECKING:
+    from ansm.defense.ddp import DistContext
 
 
 @dataclass
@@ -221,7 +224,7 @@ def train_localizer(cfg: TrainLocalizerConfig, on_step: Callable[[int, float], N
         teardown(ctx)
 
 
-def _train(cfg: TrainLocalizerConfig, ctx: Any, on_step: Callable[[int, float], None] | None,
+def _train(cfg: TrainLocalizerConfig, ctx: DistContext, on_step: Callable[[int, float], None] | None,
            on_pool_item: Callable[[], None] | None) -> tuple[nn.Module, dict[str, Any]]:
     from ansm.defense.ddp import all_reduce_mean, barrier
 
@@ -249,7 +252,7 @@ def _train(cfg: TrainLocalizerConfig, ctx: Any, on_step: Callable[[int, float], 
     if ctx.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
                                                   else None)
-    lo, hi = ctx.rank * cfg.batch_size // ctx.world_size, (ctx.rank + 1) * cfg.batch_size // ctx.world_size
+    rows = ctx.batch_slice(cfg.batch_size)
     state_path = out / "train_state"
     start, val_history = (_load_state(state_path, model, opt, cfg) if checkpoint_paths(state_path)[1].exists()
                           else (0, []))
@@ -280,7 +283,7 @@ def _train(cfg: TrainLocalizerConfig, ctx: Any, on_step: Callable[[int, float], 
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         x, m = real.batch(cfg.batch_size, cfg.crop, cfg.seed, step) if real else augmented_batch(images, masks, step, cfg)
-        x, m = x[lo:hi].to(ctx.device), m[lo:hi].to(ctx.device)  # this rank's slice of the global batch
+        x, m = x[rows].to(ctx.device), m[rows].to(ctx.device)  # this rank's slice of the global batch
         if cfg.adv_eps > 0:
             x = adversarial_share(model, x, m, step, cfg)
         with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
@@ -321,6 +324,7 @@ def _train(cfg: TrainLocalizerConfig, ctx: Any, on_step: Callable[[int, float], 
             heldout = SyntheticForgeries(cfg.eval_n, seed=0, split="test", size=cfg.size, source=cfg.source)
             summary["heldout"] = evaluate(model, heldout, batch_size=cfg.batch_size, device=ctx.device)
             summary["eval_s"] = round(time.perf_counter() - t0 - t_train, 1)
+        summary["world_size"] = ctx.world_size
         save_localizer(model.cpu(), out / "localizer", training=summary)
     barrier(ctx)
     summary["world_size"] = ctx.world_size
