@@ -87,3 +87,12 @@ def test_one_line_errors(tmp_path: Path, extra: list[str], message: str) -> None
     res = runner.invoke(cli.app, ["benchmark", "--preset", "real", "--data", str(_real_root(tmp_path / "r")),
                                   "--out", str(tmp_path / "b"), *extra])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_a_failing_stage_stops_with_one_line(tmp_path: Path) -> None:
+    """A stage's own command fails (here: no checkpoint at --model): the benchmark says which stage, no traceback."""
+    res = runner.invoke(cli.app, ["benchmark", "--preset", "real", "--data", str(_real_root(tmp_path / "r")),
+                                  "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "b"), "--device", "cpu",
+                                  "--until", "protocol"])
+    assert res.exit_code == 2, res.output
+    assert "stage `ansm evaluate` failed" in res.output and "Traceback" not in res.output

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from ansm.errors import ConfigError
+from ansm.errors import AnsmError, ConfigError
 from ansm.utils import write_json_atomic
 from ansm.validate import check_fields
 
@@ -86,6 +86,10 @@ class RealConfig:
                                    "eval_batch"))
 
 
+class StageError(AnsmError):
+    """A stage's own ``ansm`` command failed: it has printed why; the benchmark stops with one line, no traceback."""
+
+
 REAL_PRESETS: dict[str, dict[str, Any]] = {
     # 2 CPU cores: ~70 min localizer, ~15 min protocol, ~15 min attack sets, ~35 min val, ~25 min seeds, ~60 min test
     "real": {},
@@ -112,7 +116,9 @@ def slug(name: str) -> str:
 def cli(*args: str) -> None:
     """One stage through the CLI, as a user would run it (each command resumes its own finished work)."""
     cmd = [sys.executable, "-c", "import sys; from ansm.cli import main; sys.argv[0] = 'ansm'; main()", *args]
-    subprocess.run(cmd, check=True)
+    if (rc := subprocess.run(cmd).returncode) != 0:  # the stage printed its own one-line reason above
+        raise StageError(f"stage `ansm {args[0]}` failed (exit code {rc}); its message is above, and the finished "
+                         "stages are kept: fix it and run the same command again to resume")
 
 
 def _forged(casia: Path, split: str, first: int | None = None):
