@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ansm.data.datasets import discover_datasets, open_data, open_dataset
@@ -78,6 +79,11 @@ def test_discover_and_synthetic_spec(tmp_path: Path) -> None:
     assert len(open_data("synthetic:3", size=32)) == 3
     with pytest.raises(DataError, match="synthetic:N"):
         open_data("synthetic:many")
+    # the val split (where recipes are chosen) is other photos than the default test split
+    val, test = open_data("synthetic:2:val", size=32), open_data("synthetic:2", size=32)
+    assert not torch.equal(val[0]["image"], test[0]["image"])
+    with pytest.raises(DataError, match="must be val or test"):
+        open_data("synthetic:2:train")
     with pytest.raises(DataError, match="not found"):
         open_dataset(tmp_path / "nope")
 

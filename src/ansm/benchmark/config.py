@@ -15,7 +15,7 @@ from ansm.errors import ConfigError
 from ansm.utils import parse_eps
 from ansm.validate import check_fields
 
-DEFENSE_GROUPS = ("none", "ansm", "jpeg", "median", "blur", "bit-depth", "denoiser-pixel", "denoiser-feature",
+DEFENSE_GROUPS = ("none", "ansm", "ansm-robust", "jpeg", "median", "blur", "bit-depth", "denoiser-pixel", "denoiser-feature",
                   "adv-finetune")
 THREATS = ("oblivious", "transfer", "gray-box", "adaptive")
 
@@ -46,6 +46,14 @@ class BenchmarkConfig:
     ansm_batch: int = 16
     ansm_pool: int = 400
     eps_d: float = 16 / 255
+    # The robust ANSM ("ansm-robust", adversarially trained: ansm.defense.trainer's robust recipe): ANSM's steps,
+    # batch and seeds, with this share of the online attacks crafted through ANSM + localizer, PGD of this many
+    # steps (FGSM and PGD are the online mix), the budget ramped over this share of the steps, and the
+    # clean-preservation KL at this weight. Chosen on the synthetic val split (experiments/robust_val.py).
+    robust_defended_fraction: float = 1.0
+    robust_pgd_steps: int = 3
+    robust_curriculum: float = 0.5
+    robust_clean_kl: float = 1.0
     # PGD adversarial fine-tuning, starting from the target localizer: None = ANSM's budget (stage 1 + stage 2
     # steps at ANSM's batch, every example adversarial), with the target's benign-noise augmentation kept
     advft_steps: int | None = None
@@ -89,7 +97,7 @@ class BenchmarkConfig:
         bad = sorted(set(self.threats) - set(THREATS))
         if bad or "oblivious" not in self.threats:
             raise ConfigError(f"threats must include 'oblivious' and come from {', '.join(THREATS)}; got {bad or self.threats}")
-        if "gray-box" in self.threats and "ansm" in self.defenses and self.ansm_seeds < 2:
+        if "gray-box" in self.threats and {"ansm", "ansm-robust"} & set(self.defenses) and self.ansm_seeds < 2:
             raise ConfigError("the gray-box threat needs ansm_seeds >= 2 (a surrogate ANSM trained with another seed)")
         if set(self.adaptive_objectives) - {"untargeted", "hide"} or not self.adaptive_objectives:
             raise ConfigError(f"adaptive_objectives must be among untargeted, hide; got {self.adaptive_objectives}")
@@ -106,10 +114,11 @@ class BenchmarkConfig:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         # NaN passes every comparison above: ansm.validate refuses it in every float field
-        check_fields(self, "--set {name}", non_negative=("tolerance",), positive=("blur_sigma",),
+        check_fields(self, "--set {name}", non_negative=("tolerance", "robust_clean_kl"), positive=("blur_sigma",),
+                     fraction=("robust_defended_fraction", "robust_curriculum"),
                      non_negative_int=("ansm_stage1_steps", "ansm_stage2_steps"),
                      positive_int=("loc_batch", "loc_pool", "ansm_batch", "ansm_pool", "median_size", "bit_depth",
-                                   "max_side"))
+                                   "max_side", "robust_pgd_steps"))
 
     @property
     def advft_budget(self) -> int:

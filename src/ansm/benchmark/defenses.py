@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -111,8 +111,15 @@ def _train_localizer(out: Path, cfg: BenchmarkConfig, arch: str, step: Step, lab
     return model
 
 
+def robust_recipe(cfg: BenchmarkConfig) -> dict[str, Any]:
+    """TrainANSMConfig fields of the robust ANSM (on top of the plain ANSM's steps, batch, pool and eps_d)."""
+    total = cfg.ansm_stage1_steps + cfg.ansm_stage2_steps
+    return {"defended_fraction": cfg.robust_defended_fraction, "pgd_steps": cfg.robust_pgd_steps,
+            "curriculum": round(cfg.robust_curriculum * total), "clean_kl": cfg.robust_clean_kl}
+
+
 def _train_preprocessor(out: Path, cfg: BenchmarkConfig, localizer_path: str, localizer: nn.Module, seed: int,
-                        loss: str, step: Step, label: str) -> nn.Module:
+                        loss: str, step: Step, label: str, **recipe: Any) -> nn.Module:
     from ansm.defense.ansm_net import load_ansm
     from ansm.defense.trainer import TrainANSMConfig, train_ansm
 
@@ -123,7 +130,7 @@ def _train_preprocessor(out: Path, cfg: BenchmarkConfig, localizer_path: str, lo
     stage1, stage2 = (s1, s2) if loss == "ansm" else (0, s1 + s2)
     tcfg = TrainANSMConfig(localizer=localizer_path, out=str(out), loss=loss, seed=seed, stage1_steps=stage1,
                            stage2_steps=stage2, batch_size=cfg.ansm_batch, crop=None, eps_d=cfg.eps_d,
-                           pool=cfg.ansm_pool, size=cfg.size, device=cfg.device)
+                           pool=cfg.ansm_pool, size=cfg.size, device=cfg.device, **recipe)
     advance = step(f"training {label}", tcfg.total_steps)
     model, _ = train_ansm(tcfg, localizer, on_step=lambda s, st, l: advance(1))
     return model
@@ -159,12 +166,15 @@ def build_defenses(cfg: BenchmarkConfig, device: torch.device, step: Step,
 
     defenses: list[Defense] = [Defense("none", "none", target)]
     groups = set(cfg.defenses)
-    if "ansm" in groups:
-        seeds = [cfg.seed + k for k in range(cfg.ansm_seeds)]
-        ansm = [Defense("ansm", "ansm", target, _frozen(_train_preprocessor(models / f"ansm-s{s}", cfg, target_path, target,
-                                                                            s, "ansm", step, f"ANSM (seed {s})"), device), s)
-                for s in seeds]
-        for k, d in enumerate(ansm):
+    seeds = [cfg.seed + k for k in range(cfg.ansm_seeds)]
+    for group, folder, label, recipe in (("ansm", "ansm", "ANSM", {}),
+                                         ("ansm-robust", "ansm-robust", "robust ANSM", robust_recipe(cfg))):
+        if group not in groups:
+            continue
+        ansm = [Defense(group, "ansm", target, _frozen(_train_preprocessor(
+                    models / f"{folder}-s{s}", cfg, target_path, target, s, "ansm", step, f"{label} (seed {s})",
+                    **recipe), device), s) for s in seeds]
+        for k, d in enumerate(ansm):  # gray-box: each seed's surrogate is the next seed's copy of the same recipe
             d.surrogate = ansm[(k + 1) % len(ansm)] if len(ansm) > 1 else None
         defenses += ansm
     fixed: list[tuple[str, str, nn.Module]] = []

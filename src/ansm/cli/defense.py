@@ -17,6 +17,7 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
 
 
 @command("train", example="ansm train --model runs/localizer/localizer --out runs/ansm --adv-data runs/adv-pgd "
+                          "(robust, adversarially trained: --defended-fraction 1 --curriculum 100 --clean-kl 1) "
                           "(real photos: --data ../shared/real/casia1 --split train --crop 256) "
                           "(multi-process: torchrun --standalone --nproc_per_node 2 --no-python ansm train ...)")
 def train_cmd(
@@ -46,6 +47,12 @@ def train_cmd(
     eps_min: Optional[str] = typer.Option(None, help="Smallest online attack budget, e.g. 4/255."),
     eps_max: Optional[str] = typer.Option(None, help="Largest online attack budget, e.g. 10/255."),
     pgd_steps: Optional[int] = typer.Option(None, help="Steps of online PGD/BIM/MI-FGSM."),
+    defended_fraction: Optional[float] = typer.Option(None, help="Robust recipe: share of online steps whose attack "
+                                                      "goes through ANSM + localizer (adversarial training; 0: the paper)."),
+    curriculum: Optional[int] = typer.Option(None, help="Robust recipe: steps over which the largest online budget "
+                                             "grows from --eps-min to --eps-max."),
+    clean_kl: Optional[float] = typer.Option(None, help="Robust recipe: weight of the KL keeping V(ANSM(x_o)) at V(x_o) "
+                                             "in stage 2."),
     adv_data: Optional[list[Path]] = typer.Option(None, "--adv-data", help="Attack-set folder from `ansm attack` (repeatable)."),
     adv_fraction: Optional[float] = typer.Option(None, help="Share of steps drawn from --adv-data."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Real dataset folder (with splits.json): its "
@@ -74,7 +81,8 @@ def train_cmd(
                  "ffa_pixel": ffa_pixel, "ffa_alpha": ffa_alpha, "mgr_pixel": mgr_pixel,
                  "ffa_reduction": ffa_reduction, "mgr_lambda": mgr_lambda, "mgr_dice": mgr_dice, "mgr_ffa": mgr_ffa,
                  "attacks": _split(attacks), "objectives": _split(objectives), "eps_min": eps_min, "eps_max": eps_max,
-                 "pgd_steps": pgd_steps, "adv_data": [str(p) for p in adv_data] if adv_data else None,
+                 "pgd_steps": pgd_steps, "defended_fraction": defended_fraction, "curriculum": curriculum,
+                 "clean_kl": clean_kl, "adv_data": [str(p) for p in adv_data] if adv_data else None,
                  "adv_fraction": adv_fraction, "pool": pool, "size": size, "source": str(source) if source else None,
                  "data": str(data) if data else None}
     kwargs = {k: v for k, v in overrides.items() if v is not None}

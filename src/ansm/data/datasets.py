@@ -281,14 +281,18 @@ def collect_datasets(specs: Iterable[str], *, size: int = 128,
 
 def open_data(spec: str | os.PathLike, *, size: int = 128, seed: int = 0, **kwargs: Any) -> torch.utils.data.Dataset:
     """What every ``--data`` option accepts: ``synthetic:N`` (N held-out synthetic forgeries: the test split,
-    photos never seen in training, at ``size`` x ``size``) or a dataset path (see :func:`open_dataset`)."""
+    photos never seen in training, at ``size`` x ``size``), ``synthetic:N:val`` (the val split's photos, where
+    recipes are chosen) or a dataset path (see :func:`open_dataset`)."""
     text = str(spec)
     if text.startswith("synthetic:"):
         from ansm.data.synth import SyntheticForgeries
 
+        parts = text.split(":")
         try:
-            n = int(text.split(":", 1)[1])
-        except ValueError:
-            raise DataError(f"cannot read {text!r}: write synthetic:N, e.g. synthetic:50") from None
-        return SyntheticForgeries(n, seed=seed, split="test", size=size)
+            n, split = int(parts[1]), (parts[2] if len(parts) == 3 else "test")
+        except (ValueError, IndexError):
+            raise DataError(f"cannot read {text!r}: write synthetic:N or synthetic:N:val, e.g. synthetic:50") from None
+        if len(parts) > 3 or split not in ("val", "test"):
+            raise DataError(f"cannot read {text!r}: the split after synthetic:N must be val or test")
+        return SyntheticForgeries(n, seed=seed, split=split, size=size)
     return open_dataset(text, **kwargs)

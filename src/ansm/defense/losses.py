@@ -103,6 +103,22 @@ def mgr_loss(logits_defended_adv: torch.Tensor, logits_defended_orig: torch.Tens
     return loss
 
 
+def clean_kl_loss(logits_defended_orig: torch.Tensor, logits_orig: torch.Tensor) -> torch.Tensor:
+    """Clean preservation (the robust recipe): mean over pixels of the Bernoulli KL from the bare localizer's
+    prediction ``p = sigmoid(V(x_o))`` (detached) to the defended one ``q = sigmoid(V(ANSM(x_o)))``,
+
+        KL(p || q) = p log(p / q) + (1 - p) log((1 - p) / (1 - q)) = BCE(q; p) - BCE(p; p),
+
+    computed from logits (stable where p or q is near 0 or 1). It is 0 exactly when ANSM leaves the clean
+    prediction as it was, whatever the ground truth says."""
+    if logits_defended_orig.shape != logits_orig.shape:
+        raise ConfigError(f"clean KL: logits {tuple(logits_defended_orig.shape)} and {tuple(logits_orig.shape)} differ")
+    target = torch.sigmoid(logits_orig.detach().float())
+    q_logits = logits_defended_orig.float()
+    return (F.binary_cross_entropy_with_logits(q_logits, target)
+            - F.binary_cross_entropy_with_logits(logits_orig.detach().float(), target))
+
+
 def pixel_denoiser_loss(defended_adv: torch.Tensor, defended_orig: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """Pixel-guided denoiser: mean L1 of ``D(x_a)`` and of ``D(x_o)`` to the original image ``x_o``."""
     target = original.detach()

@@ -14,6 +14,16 @@ Adversarial inputs come from two places, mixed per step:
 * **offline**: triples read from anti-forensics folders built by ``ansm attack`` (``adv_data``), used for a
   share ``adv_fraction`` of the steps.
 
+**Robust recipe** (adversarially trained ANSM, ``defended_fraction > 0``): for that share of the online steps the
+attack is crafted *through* the current ANSM and the frozen localizer, ``V(ANSM(x + delta))``, the min-max of
+adversarial training, so ANSM learns against an attacker who knows it (an oblivious attacker only ever shows it
+noise made for the bare localizer). Its companions: a budget curriculum (``curriculum`` steps over which the
+largest budget grows linearly from ``eps_min`` to ``eps_max``: early on, a weak ANSM facing the full budget only
+learns to give up) and a clean-preservation term (``clean_kl``: the per-pixel Bernoulli KL from ``V(x_o)`` to
+``V(ANSM(x_o))``, which keeps the defended clean prediction the bare localizer's where the dual-mask BCE alone
+would let it drift towards the ground truth and away from what the analyst's localizer says). The dual-mask
+constraint of MgR is kept for the clean images.
+
 Distributed: under ``torchrun`` every rank takes its slice of the global batch, ANSM is wrapped in
 ``DistributedDataParallel`` (gradients averaged), rank 0 writes checkpoints. ``batch_size`` is the global batch.
 
@@ -46,7 +56,7 @@ from ansm.defense.ansm_net import ANSM, ARCHS, save_ansm
 from ansm.defense.data import (AdversarialPool, Pool, load_adversarial_pool, random_crops, random_flip_rot90,
                                real_clean_pool, render_clean_pool)
 from ansm.defense.ddp import DistContext, all_reduce_mean, barrier, setup_distributed, teardown
-from ansm.defense.losses import REDUCTIONS, feature_l1_loss, ffa_loss, mgr_loss, pixel_denoiser_loss
+from ansm.defense.losses import REDUCTIONS, clean_kl_loss, feature_l1_loss, ffa_loss, mgr_loss, pixel_denoiser_loss
 from ansm.errors import CheckpointError, ConfigError
 from ansm.models.taps import FeatureTaps, resolve_layers
 from ansm.utils import parse_eps, seeded_generator, write_json_atomic
@@ -62,7 +72,8 @@ LOSSES = ("ansm", "pixel", "feature")
 # Settings that define the result: a resume with any of them changed is refused.
 _RESUME_KEYS = ("loss", "localizer", "seed", "stage1_steps", "stage2_steps", "batch_size", "crop", "lr", "stage2_lr", "eps_d",
                 "width", "dilations", "norm", "arch", "taps", "ffa_weight", "ffa_alpha", "ffa_reduction", "mgr_lambda", "mgr_dice", "mgr_ffa", "attacks",
-                "objectives", "mgr_pixel", "ffa_pixel", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source", "data", "split")
+                "objectives", "mgr_pixel", "ffa_pixel", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source", "data", "split",
+                "defended_fraction", "curriculum", "clean_kl")
 
 
 @dataclass
@@ -99,6 +110,11 @@ class TrainANSMConfig:
     eps_min: float = 4 / 255
     eps_max: float = 10 / 255
     pgd_steps: int = 3
+    # the robust recipe (module docstring): share of online steps attacked through ANSM + localizer, steps of the
+    # budget curriculum, weight of the clean-preservation KL (all 0: the paper's ANSM, attacked on V alone)
+    defended_fraction: float = 0.0
+    curriculum: int = 0
+    clean_kl: float = 0.0
     adv_data: list[str] = field(default_factory=list)  # folders built by `ansm attack`
     adv_fraction: float = 0.3  # share of steps taken from adv_data (when given)
     pool: int = 400  # clean synthetic training images
@@ -151,9 +167,10 @@ class TrainANSMConfig:
         if not self.attacks or bad:
             raise ConfigError(f"online attacks must be among {', '.join(ONLINE_ATTACKS)}, got {self.attacks}")
         # NaN passes every comparison above (a NaN weight trained an all-NaN ANSM): ansm.validate refuses it
-        check_fields(self, positive=("lr", "stage2_lr"), fraction=("adv_fraction",),
-                     non_negative=("ffa_weight", "ffa_alpha", "mgr_lambda", "mgr_dice", "mgr_ffa", "mgr_pixel", "ffa_pixel"),
-                     non_negative_int=("stage1_steps", "stage2_steps", "warmup"),
+        check_fields(self, positive=("lr", "stage2_lr"), fraction=("adv_fraction", "defended_fraction"),
+                     non_negative=("ffa_weight", "ffa_alpha", "mgr_lambda", "mgr_dice", "mgr_ffa", "mgr_pixel", "ffa_pixel",
+                                   "clean_kl"),
+                     non_negative_int=("stage1_steps", "stage2_steps", "warmup", "curriculum"),
                      positive_int=("batch_size", "pool", "ckpt_every", "pgd_steps", "size", "width"))
         if not self.objectives or set(self.objectives) - {"untargeted", "hide"}:
             raise ConfigError(f"objectives must be among untargeted, hide; got {self.objectives}")
@@ -188,17 +205,26 @@ def lr_at(step: int, cfg: TrainANSMConfig) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def eps_max_at(step: int, cfg: TrainANSMConfig) -> float:
+    """The largest online budget at ``step``: ``eps_max``, or under the curriculum a linear ramp from ``eps_min``
+    reaching ``eps_max`` after ``curriculum`` steps."""
+    if cfg.curriculum <= 0 or step >= cfg.curriculum:
+        return cfg.eps_max
+    return cfg.eps_min + (cfg.eps_max - cfg.eps_min) * step / cfg.curriculum
+
+
 @dataclass
 class Batch:
     x_o: torch.Tensor
     x_a: torch.Tensor
     mask: torch.Tensor
-    source: str  # "online:<attack>/<objective>/<eps>" or "offline"
+    source: str  # "online:<attack>/<objective>/<eps>[/defended]" or "offline"
 
 
 def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.Module,
-               pool: Pool | RealTrainingSet, adv: AdversarialPool | None) -> Batch:
-    """This rank's slice of step ``step``'s batch, with its adversarial images (a function of (seed, step, rank))."""
+               pool: Pool | RealTrainingSet, adv: AdversarialPool | None, ansm: nn.Module | None = None) -> Batch:
+    """This rank's slice of step ``step``'s batch, with its adversarial images (a function of (seed, step, rank)
+    and, on the robust recipe's defended steps, of ANSM's current weights)."""
     g = seeded_generator(cfg.seed, step)
     rows = ctx.batch_slice(cfg.batch_size)
     use_offline = adv is not None and torch.rand(1, generator=g).item() < cfg.adv_fraction
@@ -217,22 +243,29 @@ def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.
     x_o, m = random_flip_rot90([x_o, m], g)  # clean images are flipped/rotated before the attack
     name = cfg.attacks[int(torch.randint(len(cfg.attacks), (1,), generator=g))]
     objective = cfg.objectives[int(torch.randint(len(cfg.objectives), (1,), generator=g))]
-    eps = cfg.eps_min + (cfg.eps_max - cfg.eps_min) * torch.rand(1, generator=g).item()
+    eps = cfg.eps_min + (eps_max_at(step, cfg) - cfg.eps_min) * torch.rand(1, generator=g).item()
+    # g's last draw: the robust recipe's choice changes none of the draws above
+    defended = torch.rand(1, generator=g).item() < cfg.defended_fraction
+    if defended and ansm is None:
+        raise ConfigError("the robust recipe (defended_fraction > 0) attacks through ANSM: pass ansm to make_batch")
     x_o = x_o[rows].to(ctx.device).float() / 255
     m = m[rows].to(ctx.device).float()
     kwargs: dict[str, Any] = {"eps": eps, "objective": objective}
     if name != "fgsm":
         # enough step size to reach the ball's boundary in pgd_steps steps (2.5 eps / steps, Madry's ratio)
         kwargs |= {"steps": cfg.pgd_steps, "alpha": 2.5 * eps / cfg.pgd_steps}
-    attack = create_attack(name, localizer, **kwargs)
+    # the robust recipe's min-max: the attacker differentiates through the ANSM being trained (the attack takes
+    # gradients w.r.t. the image only, so ANSM's .grad is untouched)
+    target = (lambda z: localizer(ansm(z))) if defended else localizer
+    attack = create_attack(name, target, **kwargs)
     x_a = attack(x_o, m, generator=seeded_generator(cfg.seed, step, ctx.rank, 7))
-    return Batch(x_o, x_a, m, f"online:{name}/{objective}/{eps * 255:.1f}")
+    return Batch(x_o, x_a, m, f"online:{name}/{objective}/{eps * 255:.1f}" + ("/defended" if defended else ""))
 
 
 def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int, taps: list[str],
                 cfg: TrainANSMConfig) -> torch.Tensor:
-    """Stage 1: FFA(V(ANSM(x_a)), V(x_o)) (+ optional pixel term). Stage 2: MgR dual-mask loss (+ optional FFA and
-    pixel terms).
+    """Stage 1: FFA(V(ANSM(x_a)), V(x_o)) (+ optional pixel term). Stage 2: MgR dual-mask loss (+ optional FFA,
+    pixel and clean-preservation KL terms).
 
     With ``cfg.loss`` "pixel" or "feature" the single stage trains a baseline denoiser instead (see losses.py)."""
     if cfg.loss != "ansm":
@@ -263,6 +296,10 @@ def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int,
             terms.append(ffa_weight * ffa_loss(feats, feats_o, cfg.ffa_alpha, cfg.ffa_reduction))
         if stage == 2:
             terms.append(mgr_loss(logits[:b], logits[b:], batch.mask, cfg.mgr_lambda, cfg.mgr_dice))
+            if cfg.clean_kl > 0:
+                with torch.no_grad():
+                    bare = localizer(batch.x_o)
+                terms.append(cfg.clean_kl * clean_kl_loss(logits[b:], bare))
     return torch.stack(terms).sum()
 
 
@@ -361,7 +398,7 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
             stage = stage_of(step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            batch = make_batch(step, cfg, ctx, localizer, pool, adv)
+            batch = make_batch(step, cfg, ctx, localizer, pool, adv, ansm)
             loss = ansm_losses(model, localizer, batch, stage, taps, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
