@@ -30,11 +30,12 @@ def tiny_run(tmp_path_factory, trained_localizer_path):
 
 def test_report_has_every_defense_threat_and_file(tiny_run) -> None:
     cfg, report = tiny_run
-    assert list(report["clean"]) == ["none", "ansm", "jpeg-75", "jpeg-90", "median-3", "blur-1", "bits-5",
+    assert list(report["clean"]) == ["none", "ansm", "ansm-robust", "jpeg-75", "jpeg-90", "median-3", "blur-1", "bits-5",
                                      "denoiser-pixel", "denoiser-feature", "adv-finetune"]
     threats = {r["threat"] for r in report["rows"]}
     assert threats == {"oblivious", "transfer", "gray-box", "adaptive", "adaptive-gradient", "unbounded", "gradient-free"}
-    assert report["clean"]["ansm"]["n_seeds"] == 2 and report["clean"]["ansm"]["f1_sd"] is not None
+    assert report["clean"]["ansm"]["n_seeds"] == report["clean"]["ansm-robust"]["n_seeds"] == 2
+    assert report["clean"]["ansm"]["f1_sd"] is not None
     assert report["defenses"]["jpeg-75"]["bpda"] and not report["defenses"]["median-3"]["bpda"]
     out = cfg.out
     html = open(f"{out}/report.html").read()
