@@ -23,14 +23,14 @@ from ansm.defense.trainer import Batch
 from ansm.eval.metrics import f1_score
 
 EPS = 8 / 255
-STEPS = 40
+STEPS = 80
 
 
 @pytest.fixture(scope="module")
 def fixed_batch(trained_localizer, synthetic_batch) -> Batch:
     """Six forged fixture images the localizer finds (clean F1 > 0.2) and their FGSM (8/255) versions.
 
-    FGSM, not PGD: 40 steps on one batch is enough for MgR to learn to undo FGSM's noise (measured: attacked F1
+    FGSM, not PGD: 80 steps on one batch is enough for MgR to learn to undo FGSM's noise (measured: attacked F1
     0.15 -> 0.57) but not PGD's (0.006-0.02 -> anywhere in 0.005-0.58 depending on budget and lr), and a test
     of the loss's *sign* needs a run whose outcome is not luck."""
     images, masks = synthetic_batch["image"], synthetic_batch["mask"]
@@ -88,7 +88,9 @@ def test_mgr_training_raises_attacked_f1_and_a_flipped_sign_does_not(
     broken = _attacked_f1(trained_localizer, _train_on(fixed_batch, trained_localizer, tmp_path / "flipped",
                                                        trained_localizer_path, monkeypatch), fixed_batch)
     assert len(calls) == STEPS
-    # measured: 0.150 -> 0.565 trained, 0.027 flipped (the flipped loss teaches ANSM to attack the localizer)
+    # measured (80 steps): 0.165 -> 0.477 trained (the flipped loss teaches ANSM to attack the localizer); at 40
+    # steps the gain was 0.41 with one set of pinned-free dependencies and 0.12 with another (Pillow 13, NumPy 2.4),
+    # so the run is long enough that the margin does not hang on the fixture's exact pixels
     assert trained > before + 0.15, f"MgR training: attacked F1 {before:.3f} -> {trained:.3f}"
     assert broken < before + 0.02, f"sign-flipped MgR still raised attacked F1 {before:.3f} -> {broken:.3f}"
     assert broken < trained - 0.2

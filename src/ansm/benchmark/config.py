@@ -15,8 +15,10 @@ from ansm.errors import ConfigError
 from ansm.utils import parse_eps
 from ansm.validate import check_fields
 
-DEFENSE_GROUPS = ("none", "ansm", "ansm-robust", "jpeg", "median", "blur", "bit-depth", "denoiser-pixel", "denoiser-feature",
+DEFENSE_GROUPS = ("none", "ansm", "ansm-robust", "ansm-stochastic", "jpeg", "median", "blur", "bit-depth", "denoiser-pixel", "denoiser-feature",
                   "adv-finetune")
+# the stochastic ANSM is opt-in (`--set defenses=...`): its white-box rows attack through 20 draws per step (EOT)
+DEFAULT_DEFENSES = tuple(g for g in DEFENSE_GROUPS if g != "ansm-stochastic")
 THREATS = ("oblivious", "transfer", "gray-box", "adaptive")
 
 
@@ -54,12 +56,18 @@ class BenchmarkConfig:
     robust_pgd_steps: int = 3
     robust_curriculum: float = 0.5
     robust_clean_kl: float = 1.0
+    # The stochastic ANSM ("ansm-stochastic", opt-in): the robust recipe with Gaussian noise of this std on ANSM's
+    # network input (ansm_net.py), in training and at inference; the analyst's mask is the mean probability over
+    # `stochastic_samples` passes, and white-box attackers average `eot_samples` draws per step (EOT) or fix one.
+    stochastic_noise_std: float = 8 / 255
+    stochastic_samples: int = 8
+    eot_samples: int = 20
     # PGD adversarial fine-tuning, starting from the target localizer: None = ANSM's budget (stage 1 + stage 2
     # steps at ANSM's batch, every example adversarial), with the target's benign-noise augmentation kept
     advft_steps: int | None = None
     advft_eps: float = 8 / 255
     # --- baselines -----------------------------------------------------------------------------------------
-    defenses: list[str] = field(default_factory=lambda: list(DEFENSE_GROUPS))
+    defenses: list[str] = field(default_factory=lambda: list(DEFAULT_DEFENSES))
     jpeg_qualities: list[int] = field(default_factory=lambda: [75, 90])
     median_size: int = 3
     blur_sigma: float = 1.0
@@ -83,7 +91,7 @@ class BenchmarkConfig:
     tolerance: float = 0.01  # F1 noise allowed where F1 should not rise (larger eps)
 
     def __post_init__(self) -> None:
-        for name in ("eps_d", "advft_eps", "eps_main", "unbounded_eps"):
+        for name in ("eps_d", "advft_eps", "eps_main", "unbounded_eps", "stochastic_noise_std"):
             setattr(self, name, _eps(name, getattr(self, name)))
         self.eps_grid = _eps_list("eps_grid", self.eps_grid)
         self.adaptive_eps = _eps_list("adaptive_eps", self.adaptive_eps)
@@ -97,7 +105,7 @@ class BenchmarkConfig:
         bad = sorted(set(self.threats) - set(THREATS))
         if bad or "oblivious" not in self.threats:
             raise ConfigError(f"threats must include 'oblivious' and come from {', '.join(THREATS)}; got {bad or self.threats}")
-        if "gray-box" in self.threats and {"ansm", "ansm-robust"} & set(self.defenses) and self.ansm_seeds < 2:
+        if "gray-box" in self.threats and {"ansm", "ansm-robust", "ansm-stochastic"} & set(self.defenses) and self.ansm_seeds < 2:
             raise ConfigError("the gray-box threat needs ansm_seeds >= 2 (a surrogate ANSM trained with another seed)")
         if set(self.adaptive_objectives) - {"untargeted", "hide"} or not self.adaptive_objectives:
             raise ConfigError(f"adaptive_objectives must be among untargeted, hide; got {self.adaptive_objectives}")
@@ -115,10 +123,10 @@ class BenchmarkConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         # NaN passes every comparison above: ansm.validate refuses it in every float field
         check_fields(self, "--set {name}", non_negative=("tolerance", "robust_clean_kl"), positive=("blur_sigma",),
-                     fraction=("robust_defended_fraction", "robust_curriculum"),
+                     fraction=("robust_defended_fraction", "robust_curriculum", "stochastic_noise_std"),
                      non_negative_int=("ansm_stage1_steps", "ansm_stage2_steps"),
                      positive_int=("loc_batch", "loc_pool", "ansm_batch", "ansm_pool", "median_size", "bit_depth",
-                                   "max_side", "robust_pgd_steps"))
+                                   "max_side", "robust_pgd_steps", "stochastic_samples", "eot_samples"))
 
     @property
     def advft_budget(self) -> int:

@@ -33,6 +33,9 @@ class Defense:
         family: ``none`` | ``ansm`` | ``transform`` | ``denoiser`` | ``model`` (what kind of defense it is).
         seed: training seed, ``None`` for untrained defenses.
         surrogate: another seed's copy, which a gray-box attacker attacks instead (``None``: no secret weights).
+        samples: passes averaged by :meth:`logits` when ``pre`` is random (the stochastic ANSM): the analyst's
+            mask is the mean probability over that many defended passes.
+        eot_samples: noise draws an EOT attacker averages per gradient step (:meth:`attacker_views`).
     """
 
     group: str
@@ -41,15 +44,25 @@ class Defense:
     pre: nn.Module | None = None
     seed: int | None = None
     surrogate: "Defense | None" = None
+    samples: int = 8
+    eot_samples: int = 20
 
     @property
     def key(self) -> str:
         return self.group if self.seed is None else f"{self.group}@s{self.seed}"
 
+    @property
+    def stochastic(self) -> bool:
+        return bool(getattr(self.pre, "stochastic", False))
+
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """What the analyst sees: exact preprocessing, then the localizer."""
-        return self.localizer(self.pre(x) if self.pre is not None else x)
+        """What the analyst sees: exact preprocessing, then the localizer (for a random preprocessing, the logit of
+        the mean probability over ``samples`` passes)."""
+        if not self.stochastic:
+            return self.localizer(self.pre(x) if self.pre is not None else x)
+        return torch.logit(_mean_over_draws(lambda z: torch.sigmoid(self.localizer(self.pre(z))), x, self.samples),
+                           eps=1e-6)
 
     def attacker_view(self, view: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """A differentiable stand-in for :meth:`logits`, by name (see :meth:`attacker_views`); ``None`` gives the
@@ -77,6 +90,8 @@ class Defense:
         pre, loc = self.pre, self.localizer
         if pre is None:
             return {"white-box": loc}
+        if self.stochastic:
+            return stochastic_views(pre, loc, self.eot_samples)
         if not self.uses_bpda:
             return {"white-box": lambda z: loc(pre(z))}
         views: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"bpda-identity": lambda z: loc(bpda(pre, z))}
@@ -88,6 +103,35 @@ class Defense:
     @property
     def uses_bpda(self) -> bool:
         return self.pre is not None and not getattr(self.pre, "differentiable", True)
+
+
+def _mean_over_draws(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, draws: int) -> torch.Tensor:
+    """``mean_k fn(x)`` over ``draws`` independent random draws, as one batch of ``draws * B`` images."""
+    out = fn(x.repeat(draws, 1, 1, 1))
+    return out.view(draws, *x.shape[:1], *out.shape[1:]).mean(0)
+
+
+def stochastic_views(pre: nn.Module, loc: nn.Module, eot_samples: int,
+                     fixed_seed: int = 20260) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The attacker views of a random preprocessing (the stochastic ANSM), the two that make randomness honest:
+
+    * ``eot-<n>``: Expectation over Transformation (Athalye et al. 2018): every gradient step goes through the
+      mean logits of ``n`` independent draws, so the attacker follows the expected gradient, not one sample's;
+    * ``fixed-noise``: one draw, the same at every step (a generator re-seeded per call): the attack sees a
+      deterministic network and can converge on it; it is scored, like every attack, on fresh draws.
+
+    A single-draw gradient is deliberately not a view: it is the weak attack randomness is known to fool.
+    """
+    def fixed(z: torch.Tensor) -> torch.Tensor:
+        before = pre.noise_generator
+        pre.noise_generator = torch.Generator().manual_seed(fixed_seed)
+        try:
+            return loc(pre(z))
+        finally:
+            pre.noise_generator = before
+
+    return {f"eot-{eot_samples}": lambda z: _mean_over_draws(lambda v: loc(pre(v)), z, eot_samples),
+            "fixed-noise": fixed}
 
 
 def _frozen(model: nn.Module, device: torch.device) -> nn.Module:
@@ -167,13 +211,14 @@ def build_defenses(cfg: BenchmarkConfig, device: torch.device, step: Step,
     defenses: list[Defense] = [Defense("none", "none", target)]
     groups = set(cfg.defenses)
     seeds = [cfg.seed + k for k in range(cfg.ansm_seeds)]
-    for group, folder, label, recipe in (("ansm", "ansm", "ANSM", {}),
-                                         ("ansm-robust", "ansm-robust", "robust ANSM", robust_recipe(cfg))):
+    for group, label, recipe in (("ansm", "ANSM", {}), ("ansm-robust", "robust ANSM", robust_recipe(cfg)),
+                                 ("ansm-stochastic", "stochastic robust ANSM",
+                                  robust_recipe(cfg) | {"noise_std": cfg.stochastic_noise_std})):
         if group not in groups:
             continue
         ansm = [Defense(group, "ansm", target, _frozen(_train_preprocessor(
-                    models / f"{folder}-s{s}", cfg, target_path, target, s, "ansm", step, f"{label} (seed {s})",
-                    **recipe), device), s) for s in seeds]
+                    models / f"{group}-s{s}", cfg, target_path, target, s, "ansm", step, f"{label} (seed {s})",
+                    **recipe), device), s, samples=cfg.stochastic_samples, eot_samples=cfg.eot_samples) for s in seeds]
         for k, d in enumerate(ansm):  # gray-box: each seed's surrogate is the next seed's copy of the same recipe
             d.surrogate = ansm[(k + 1) % len(ansm)] if len(ansm) > 1 else None
         defenses += ansm

@@ -110,6 +110,9 @@ def run_unit(unit: Unit, cfg: BenchmarkConfig, batches: list, defenses: list[Def
     for b, (x, m, names) in enumerate(batches):
         x, m = x.to(device), m.to(device)
         gen = _generator(cfg, unit.key, b)
+        # a random defense (the stochastic ANSM) draws from torch's global generator: seeded per (unit, batch),
+        # so its draws, like every other, do not depend on which units ran before (resume gives the same numbers)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=_generator(cfg, unit.key + "/draws", b))))
         if unit.threat == "clean":
             x_a = x
         elif unit.threat == "oblivious":

@@ -53,6 +53,8 @@ def train_cmd(
                                              "grows from --eps-min to --eps-max."),
     clean_kl: Optional[float] = typer.Option(None, help="Robust recipe: weight of the KL keeping V(ANSM(x_o)) at V(x_o) "
                                              "in stage 2."),
+    noise_std: Optional[float] = typer.Option(None, help="Stochastic ANSM: std of the Gaussian noise on its network's "
+                                              "input, in [0, 1] pixel units (0: deterministic)."),
     adv_data: Optional[list[Path]] = typer.Option(None, "--adv-data", help="Attack-set folder from `ansm attack` (repeatable)."),
     adv_fraction: Optional[float] = typer.Option(None, help="Share of steps drawn from --adv-data."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Real dataset folder (with splits.json): its "
@@ -82,7 +84,7 @@ def train_cmd(
                  "ffa_reduction": ffa_reduction, "mgr_lambda": mgr_lambda, "mgr_dice": mgr_dice, "mgr_ffa": mgr_ffa,
                  "attacks": _split(attacks), "objectives": _split(objectives), "eps_min": eps_min, "eps_max": eps_max,
                  "pgd_steps": pgd_steps, "defended_fraction": defended_fraction, "curriculum": curriculum,
-                 "clean_kl": clean_kl, "adv_data": [str(p) for p in adv_data] if adv_data else None,
+                 "clean_kl": clean_kl, "noise_std": noise_std, "adv_data": [str(p) for p in adv_data] if adv_data else None,
                  "adv_fraction": adv_fraction, "pool": pool, "size": size, "source": str(source) if source else None,
                  "data": str(data) if data else None}
     kwargs = {k: v for k, v in overrides.items() if v is not None}

@@ -30,6 +30,15 @@ Two architectures (``arch``), the same ``ANSM(x)`` formula, bound and zero-init 
   Cost at 512x512 on a CPU: ``bench/ansm_latency.py`` (~1/4 of ``"full"``). Plain convolutions, not
   depthwise-separable: at these widths the depthwise variant was slower on a CPU for fewer MACs (measured while
   choosing; the numbers are in docs/ansm.md).
+
+**Stochastic ANSM** (``noise_std`` > 0, off by default): Gaussian noise of that std is added to what ``g`` reads,
+never to the output, ``ANSM(x) = clamp(x + eps_d * tanh(g(x + noise_std * n)), 0, 1)`` with a fresh
+``n ~ N(0, I)`` on every call. The bound ``|ANSM(x) - x| <= eps_d`` still holds and the localizer never sees the
+noise (a forensic localizer reads noise residuals: noise on its input would cost clean F1); the defensive
+perturbation becomes random, so an attacker's gradient through one call is a sample. Such a defense is only
+evaluated under attacks that average over the randomness (EOT) or fix it (``ansm.benchmark.defenses``), and scored
+as the mean over several calls. The noise comes from ``noise_generator`` when it is set (the trainer sets one per
+step, so a resumed run draws the same noise), else from torch's global generator.
 """
 
 from __future__ import annotations
@@ -101,12 +110,13 @@ class ANSM(nn.Module):
         dilations: one residual block per entry, with that dilation.
         norm: ``"none"`` or ``"group"`` (GroupNorm after the hidden convolutions).
         arch: ``"full"`` (body at full resolution) or ``"fast"`` (body at half resolution; module docstring).
+        noise_std: std of the Gaussian noise on ``g``'s input (0: deterministic; module docstring).
 
     Input and output: Bx3xHxW float in [0, 1], any H and W (fully convolutional, no padding multiple).
     """
 
     def __init__(self, eps_d: float | str = 16 / 255, width: int = 16, dilations: Sequence[int] = (1, 2, 4),
-                 norm: str = "none", arch: str = "full") -> None:
+                 norm: str = "none", arch: str = "full", noise_std: float = 0.0) -> None:
         super().__init__()
         try:
             eps = parse_eps(eps_d)
@@ -120,10 +130,16 @@ class ANSM(nn.Module):
             raise ConfigError(f"ANSM norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if arch not in ARCHS:
             raise ConfigError(f"ANSM arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+        if not 0 <= noise_std <= 1:
+            raise ConfigError(f"ANSM noise_std must be in [0, 1], got {noise_std!r}")
         self.eps_d = float(eps)
         self.arch = arch
+        self.noise_std = float(noise_std)
+        self.noise_generator: torch.Generator | None = None
         self.config: dict[str, Any] = {"eps_d": self.eps_d, "width": int(width), "dilations": [int(d) for d in dilations],
                                        "norm": norm, "arch": arch}
+        if self.noise_std:  # a deterministic ANSM's config stays what it was (older checkpoints load unchanged)
+            self.config["noise_std"] = self.noise_std
         blur = blur_kernel()
         self.register_buffer("blur", blur, persistent=False)
         stride = 2 if arch == "fast" else 1
@@ -204,7 +220,22 @@ class ANSM(nn.Module):
         # (bench/training_step.py: a pixel-alignment step 69 vs 96 ms on 2 cores)
         x = x.contiguous(memory_format=torch.channels_last)
         # x + eps_d * tanh(g) in one op, clamped in place (autograd's clamp_ gradient is the out-of-place one)
-        return torch.add(x, torch.tanh(self.g(x)), alpha=self.eps_d).clamp_(0, 1)
+        return torch.add(x, torch.tanh(self.g(self._noisy(x))), alpha=self.eps_d).clamp_(0, 1)
+
+    @property
+    def stochastic(self) -> bool:
+        return self.noise_std > 0
+
+    def _noisy(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``g`` reads: ``x`` itself, or ``x + noise_std * n`` for the stochastic ANSM (module docstring)."""
+        if not self.noise_std:
+            return x
+        gen = self.noise_generator
+        if gen is not None and gen.device != x.device:  # the trainer's per-step generators live on the CPU
+            noise = torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
+        else:
+            noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        return x + self.noise_std * noise.contiguous(memory_format=torch.channels_last)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -24,6 +24,10 @@ learns to give up) and a clean-preservation term (``clean_kl``: the per-pixel Be
 would let it drift towards the ground truth and away from what the analyst's localizer says). The dual-mask
 constraint of MgR is kept for the clean images.
 
+**Stochastic ANSM** (``noise_std > 0``): ANSM's ``g`` reads its input with Gaussian noise added (``ansm_net.py``),
+in training as at inference, so it learns a perturbation that works whatever the noise draw. The noise of step
+``t`` comes from a generator seeded with ``(seed, t, rank)``, so resume stays exact.
+
 Distributed: under ``torchrun`` every rank takes its slice of the global batch, ANSM is wrapped in
 ``DistributedDataParallel`` (gradients averaged), rank 0 writes checkpoints. ``batch_size`` is the global batch.
 
@@ -73,7 +77,7 @@ LOSSES = ("ansm", "pixel", "feature")
 _RESUME_KEYS = ("loss", "localizer", "seed", "stage1_steps", "stage2_steps", "batch_size", "crop", "lr", "stage2_lr", "eps_d",
                 "width", "dilations", "norm", "arch", "taps", "ffa_weight", "ffa_alpha", "ffa_reduction", "mgr_lambda", "mgr_dice", "mgr_ffa", "attacks",
                 "objectives", "mgr_pixel", "ffa_pixel", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source", "data", "split",
-                "defended_fraction", "curriculum", "clean_kl")
+                "defended_fraction", "curriculum", "clean_kl", "noise_std")
 
 
 @dataclass
@@ -115,6 +119,7 @@ class TrainANSMConfig:
     defended_fraction: float = 0.0
     curriculum: int = 0
     clean_kl: float = 0.0
+    noise_std: float = 0.0  # > 0: the stochastic ANSM (noise on g's input; ansm_net.py)
     adv_data: list[str] = field(default_factory=list)  # folders built by `ansm attack`
     adv_fraction: float = 0.3  # share of steps taken from adv_data (when given)
     pool: int = 400  # clean synthetic training images
@@ -167,7 +172,7 @@ class TrainANSMConfig:
         if not self.attacks or bad:
             raise ConfigError(f"online attacks must be among {', '.join(ONLINE_ATTACKS)}, got {self.attacks}")
         # NaN passes every comparison above (a NaN weight trained an all-NaN ANSM): ansm.validate refuses it
-        check_fields(self, positive=("lr", "stage2_lr"), fraction=("adv_fraction", "defended_fraction"),
+        check_fields(self, positive=("lr", "stage2_lr"), fraction=("adv_fraction", "defended_fraction", "noise_std"),
                      non_negative=("ffa_weight", "ffa_alpha", "mgr_lambda", "mgr_dice", "mgr_ffa", "mgr_pixel", "ffa_pixel",
                                    "clean_kl"),
                      non_negative_int=("stage1_steps", "stage2_steps", "warmup", "curriculum"),
@@ -377,7 +382,7 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
-        ansm = ANSM(cfg.eps_d, cfg.width, cfg.dilations, cfg.norm, cfg.arch).to(ctx.device)
+        ansm = ANSM(cfg.eps_d, cfg.width, cfg.dilations, cfg.norm, cfg.arch, cfg.noise_std).to(ctx.device)
         opt = torch.optim.Adam(ansm.parameters(), lr=cfg.lr)
         state_path = out / "train_state"
         start = _load_state(state_path, ansm, opt, cfg) if checkpoint_paths(state_path)[1].exists() else 0
@@ -398,6 +403,8 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
             stage = stage_of(step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
+            if ansm.stochastic:  # the stochastic ANSM's noise, a function of (seed, step, rank) like every draw
+                ansm.noise_generator = seeded_generator(cfg.seed, step, ctx.rank, 11)
             batch = make_batch(step, cfg, ctx, localizer, pool, adv, ansm)
             loss = ansm_losses(model, localizer, batch, stage, taps, cfg)
             opt.zero_grad(set_to_none=True)
@@ -415,6 +422,7 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
                 _save_state(state_path, ansm, opt, done, cfg)
             barrier(ctx)
         ansm.eval()
+        ansm.noise_generator = None
         summary: dict[str, Any] = {
             "resumed_from": start, "steps": cfg.total_steps, "world_size": ctx.world_size,
             "final_loss_stage1": losses[1][-1] if losses[1] else None,
