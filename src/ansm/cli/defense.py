@@ -53,8 +53,8 @@ def train_cmd(
                                              "grows from --eps-min to --eps-max."),
     clean_kl: Optional[float] = typer.Option(None, help="Robust recipe: weight of the KL keeping V(ANSM(x_o)) at V(x_o) "
                                              "in stage 2."),
-    noise_std: Optional[float] = typer.Option(None, help="Stochastic ANSM: std of the Gaussian noise on its network's "
-                                              "input, in [0, 1] pixel units (0: deterministic)."),
+    noise_std: Optional[str] = typer.Option(None, help="Stochastic ANSM: std of the Gaussian noise on its network's "
+                                            "input, e.g. 8/255 (0: deterministic)."),
     adv_data: Optional[list[Path]] = typer.Option(None, "--adv-data", help="Attack-set folder from `ansm attack` (repeatable)."),
     adv_fraction: Optional[float] = typer.Option(None, help="Share of steps drawn from --adv-data."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Real dataset folder (with splits.json): its "

@@ -131,7 +131,7 @@ class TrainANSMConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("eps_d", "eps_min", "eps_max"):
+        for name in ("eps_d", "eps_min", "eps_max", "noise_std"):
             try:
                 setattr(self, name, parse_eps(getattr(self, name)))
             except ConfigError as exc:
