@@ -15,6 +15,17 @@ from ansm.defense.ansm_net import ANSM, load_ansm, save_ansm
 from ansm.errors import CheckpointError, ConfigError
 
 
+@pytest.fixture
+def frozen_localizer(trained_localizer):
+    """The session's localizer without parameter gradients, given back as it was."""
+    flags = [p.requires_grad for p in trained_localizer.parameters()]
+    for p in trained_localizer.parameters():
+        p.requires_grad_(False)
+    yield trained_localizer.eval()
+    for p, f in zip(trained_localizer.parameters(), flags):
+        p.requires_grad_(f)
+
+
 def _random_ansm(noise_std: float = 0.1) -> ANSM:
     torch.manual_seed(0)
     ansm = ANSM(eps_d=8 / 255, width=4, dilations=[1], noise_std=noise_std)
@@ -74,10 +85,9 @@ def test_stochastic_training_resumes_exactly(tiny_cfg, trained_localizer, tmp_pa
         train_ansm(TrainANSMConfig(**{**cfg, "out": out_b, "noise_std": 0.1}), trained_localizer)
 
 
-def test_benchmark_views_and_score_handle_the_randomness(trained_localizer) -> None:
+def test_benchmark_views_and_score_handle_the_randomness(frozen_localizer) -> None:
+    trained_localizer = frozen_localizer
     ansm = _random_ansm(0.1)
-    for p in trained_localizer.parameters():
-        p.requires_grad_(False)
     d = Defense("ansm-stochastic", "ansm", trained_localizer.eval(), ansm, 0, samples=4, eot_samples=3)
     views = d.attacker_views()
     assert list(views) == ["eot-3", "fixed-noise"]  # no single-draw view: the weak attack randomness fools
@@ -100,3 +110,33 @@ def test_benchmark_views_and_score_handle_the_randomness(trained_localizer) -> N
     assert z.grad is not None and z.grad.abs().sum() > 0
     assert Defense("ansm", "ansm", trained_localizer, _random_ansm(0.0)).attacker_views().keys() == {"white-box"}
     assert list(stochastic_views(ansm, trained_localizer, 20)) == ["eot-20", "fixed-noise"]
+
+
+def test_defend_averages_a_stochastic_ansm_over_passes(tmp_path, frozen_localizer) -> None:
+    """`ansm defend` with a stochastic ANSM: the mask is the mean probability over the passes (recomputed by hand
+    from the same draws), the defended image is the first pass and stays inside the bound; a deterministic ANSM
+    runs once."""
+    from PIL import Image
+
+    from ansm.data.io import read_image
+    from ansm.defense.inference import defend_images
+
+    loc = frozen_localizer
+    img = (torch.rand(48, 48, 3, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8).numpy()
+    Image.fromarray(img).save(tmp_path / "a.png")
+    x = read_image(tmp_path / "a.png")[None]
+    ansm = _random_ansm(0.1)
+    torch.manual_seed(5)
+    summary = defend_images(ansm, loc, tmp_path / "a.png", tmp_path / "o", stochastic_passes=4)
+    torch.manual_seed(5)  # the same draws, by hand
+    with torch.no_grad():
+        first = ansm(x)
+        prob = (torch.sigmoid(loc(first)) + sum(torch.sigmoid(loc(ansm(x))) for _ in range(3))) / 4
+        one = torch.sigmoid(loc(first))
+    assert summary["defended_passes"] == 4
+    saved = read_image(tmp_path / "o" / "a_mask.png")[:1]
+    assert torch.equal(saved, (prob[0] > 0.5).float())
+    assert not torch.equal((one[0] > 0.5).float(), (prob[0] > 0.5).float())  # averaging changed the mask
+    x_d = read_image(tmp_path / "o" / "a_defended.png")[None]
+    assert (x_d - first).abs().max() <= 1 / 255 + 1e-6 and (x_d - x).abs().max() <= 9 / 255
+    assert defend_images(_random_ansm(0.0), loc, tmp_path / "a.png", tmp_path / "d")["defended_passes"] == 1

@@ -120,6 +120,8 @@ def defend_cmd(
     tile: Optional[int] = tile_option("The defended image is the same tiled or not; predictions are close."),
     detector_path: Optional[Path] = typer.Option(None, "--detector", "-d", help="Attack detector (from ansm "
                                                  "train-detector): print and record per image whether it looks attacked."),
+    passes: int = typer.Option(8, help="A stochastic ANSM (trained with --noise-std): average the defended mask "
+                               "over this many passes, each with fresh noise."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
 ) -> None:
     """Write defended images, predicted masks with and without ANSM, and side-by-side overlays
@@ -131,6 +133,7 @@ def defend_cmd(
     Outputs are named <stem>_defended.png, <stem>_mask.png, ...; inputs sharing a stem (a.png and a.jpg) keep
     their extension instead (a_png_defended.png, a_jpg_defended.png), so none overwrites another."""
     integer(max_side, "--max-side", minimum=8)
+    integer(passes, "--passes", minimum=1)
     output_dir(out, "--out")
     validate_tile(tile)
     from ansm.checkpoint import checkpoint_paths
@@ -159,7 +162,7 @@ def defend_cmd(
         task = bar.add_task("defending", total=n)
         summary = defend_images(ansm.to(dev), localizer, inputs, out, max_side=max_side, device=dev, tile=tile,
                                 on_item=lambda _id: bar.advance(task), detector=detector,
-                                detector_threshold=threshold)
+                                detector_threshold=threshold, stochastic_passes=passes)
     console.print(f"localizer: {spec}")
     if detector is not None:
         for row in summary["images"]:
