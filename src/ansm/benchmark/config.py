@@ -17,6 +17,8 @@ from ansm.validate import check_fields
 
 DEFENSE_GROUPS = ("none", "ansm", "ansm-robust", "ansm-stochastic", "jpeg", "median", "blur", "bit-depth", "denoiser-pixel", "denoiser-feature",
                   "adv-finetune")
+# the groups whose defense is a trained ANSM (one per seed; ansm.benchmark.defenses.ansm_recipe says how each trains)
+ANSM_GROUPS = ("ansm", "ansm-robust", "ansm-stochastic")
 # the stochastic ANSM is opt-in (`--set defenses=...`): its white-box rows attack through 20 draws per step (EOT)
 DEFAULT_DEFENSES = tuple(g for g in DEFENSE_GROUPS if g != "ansm-stochastic")
 THREATS = ("oblivious", "transfer", "gray-box", "adaptive")
@@ -106,7 +108,7 @@ class BenchmarkConfig:
         bad = sorted(set(self.threats) - set(THREATS))
         if bad or "oblivious" not in self.threats:
             raise ConfigError(f"threats must include 'oblivious' and come from {', '.join(THREATS)}; got {bad or self.threats}")
-        if "gray-box" in self.threats and {"ansm", "ansm-robust", "ansm-stochastic"} & set(self.defenses) and self.ansm_seeds < 2:
+        if "gray-box" in self.threats and set(ANSM_GROUPS) & set(self.defenses) and self.ansm_seeds < 2:
             raise ConfigError("the gray-box threat needs ansm_seeds >= 2 (a surrogate ANSM trained with another seed)")
         if set(self.adaptive_objectives) - {"untargeted", "hide"} or not self.adaptive_objectives:
             raise ConfigError(f"adaptive_objectives must be among untargeted, hide; got {self.adaptive_objectives}")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ansm.benchmark.config import BenchmarkConfig
+from ansm.benchmark.config import ANSM_GROUPS, BenchmarkConfig
 from ansm.benchmark.transforms import JPEG, BitDepth, DiffJPEG, GaussianBlur, Median, bpda
 from ansm.errors import ConfigError
 
@@ -162,6 +162,17 @@ def robust_recipe(cfg: BenchmarkConfig) -> dict[str, Any]:
             "curriculum": round(cfg.robust_curriculum * total), "clean_kl": cfg.robust_clean_kl}
 
 
+def ansm_recipe(group: str, cfg: BenchmarkConfig) -> tuple[str, dict[str, Any]]:
+    """(label, TrainANSMConfig fields on top of the plain ANSM's) of one of ``ANSM_GROUPS``."""
+    if group == "ansm":
+        return "ANSM", {}
+    if group == "ansm-robust":
+        return "robust ANSM", robust_recipe(cfg)
+    if group == "ansm-stochastic":
+        return "stochastic robust ANSM", robust_recipe(cfg) | {"noise_std": cfg.stochastic_noise_std}
+    raise ConfigError(f"{group!r} is not an ANSM group ({', '.join(ANSM_GROUPS)})")
+
+
 def _train_preprocessor(out: Path, cfg: BenchmarkConfig, localizer_path: str, localizer: nn.Module, seed: int,
                         loss: str, step: Step, label: str, **recipe: Any) -> nn.Module:
     from ansm.defense.ansm_net import load_ansm
@@ -211,11 +222,10 @@ def build_defenses(cfg: BenchmarkConfig, device: torch.device, step: Step,
     defenses: list[Defense] = [Defense("none", "none", target)]
     groups = set(cfg.defenses)
     seeds = [cfg.seed + k for k in range(cfg.ansm_seeds)]
-    for group, label, recipe in (("ansm", "ANSM", {}), ("ansm-robust", "robust ANSM", robust_recipe(cfg)),
-                                 ("ansm-stochastic", "stochastic robust ANSM",
-                                  robust_recipe(cfg) | {"noise_std": cfg.stochastic_noise_std})):
+    for group in ANSM_GROUPS:
         if group not in groups:
             continue
+        label, recipe = ansm_recipe(group, cfg)
         ansm = [Defense(group, "ansm", target, _frozen(_train_preprocessor(
                     models / f"{group}-s{s}", cfg, target_path, target, s, "ansm", step, f"{label} (seed {s})",
                     **recipe), device), s, samples=cfg.stochastic_samples, eot_samples=cfg.eot_samples) for s in seeds]
