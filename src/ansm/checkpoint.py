@@ -150,23 +150,21 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
 
 
-def locate_weights_file(env_var: str, shared_parts: tuple[str, ...], repo_root: Path, what: str, hint: str) -> Path:
+def locate_weights_file(env_var: str, shared_parts: tuple[str, ...], what: str, hint: str) -> Path:
     """Find a third-party weights file the user gave no path for: the one lookup every pretrained backbone uses.
 
-    Order: ``$<env_var>`` (must be a file), ``$ANSM_SHARED/<shared_parts>``, ``<repo_root>/../shared/<shared_parts>``
-    (the layout of our development machines). Not found: one :class:`~ansm.errors.ConfigError` naming every place
-    looked at, then ``hint`` (how to pass the file, and where the official one comes from)."""
+    Order: ``$<env_var>`` (must be a file), then :func:`ansm.utils.shared_locations` (``$ANSM_SHARED/<shared_parts>``,
+    ``../shared/<shared_parts>``). Not found: one :class:`~ansm.errors.ConfigError` naming every place looked at,
+    then ``hint`` (how to pass the file, and where the official one comes from)."""
     from ansm.errors import ConfigError
+    from ansm.utils import shared_locations
 
     if os.environ.get(env_var):
         explicit = Path(os.environ[env_var]).expanduser()
         if not explicit.is_file():
             raise ConfigError(f"${env_var} points to {explicit}, which is not a file")
         return explicit
-    candidates: list[Path] = []
-    if os.environ.get("ANSM_SHARED"):
-        candidates.append(Path(os.environ["ANSM_SHARED"]).expanduser().joinpath(*shared_parts))
-    candidates.append(repo_root.parent.joinpath("shared", *shared_parts))
+    candidates = [path for path, _ in shared_locations(*shared_parts)]
     for c in candidates:
         if c.is_file():
             return c

@@ -21,7 +21,6 @@ where it stopped; the evaluation is always recomputed (it is seeded, so it gives
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from ansm.defense.evaluate import RECOVERY_MIN_GAP
 from ansm.errors import ConfigError
 from ansm.eval.stats import format_ci
+from ansm.utils import shared_locations
 
 
 @dataclass
@@ -68,6 +68,7 @@ class DemoConfig:
     # ANSM architecture (ansm.defense.ansm_net.ARCHS): "fast" runs the body at half resolution, ~1/4 of the CPU
     # time of "full" at 512x512 (bench/ansm_latency.py); which one the demo uses is decided on val
     ansm_arch: str = "full"
+    ansm_width: int = 16  # ANSM's hidden channels (experiments/demo_val.py compares fast ANSMs of other widths)
     eval_split: str = "test"  # "val" for every choice (experiments/demo_val.py), "test" reported once
     test_n: int = 96  # held-out synthetic images of eval_split
     adaptive_n: int = 32  # of those, attacked adaptively (through ANSM)
@@ -91,7 +92,7 @@ class DemoConfig:
 
         check_fields(self, None, non_negative=("align_ffa", "align_pixel", "mgr_pixel"), positive=("stage2_lr",),
                      non_negative_int=("stage1_steps", "stage2_steps", "shared_per_dataset"),
-                     positive_int=("loc_batch", "ansm_batch", "shared_max_side"))
+                     positive_int=("loc_batch", "ansm_batch", "ansm_width", "shared_max_side"))
 
 
 Step = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
@@ -109,11 +110,7 @@ def _shared_root(spec: str | None) -> tuple[Path, str] | None:
     if spec is None or spec == "none":
         return None
     if spec == "auto":
-        env = os.environ.get("ANSM_SHARED")
-        candidates = [(Path(env) / "data", "$ANSM_SHARED/data")] if env else []
-        candidates.append((Path.cwd().parent / "shared" / "data", "../shared/data"))
-        candidates.append((Path(__file__).resolve().parents[3] / "shared" / "data", "../shared/data"))
-        return next(((c, name) for c, name in candidates if c.is_dir()), None)
+        return next(((path, name) for path, name in shared_locations("data") if path.is_dir()), None)
     p = Path(spec)
     if not p.is_dir():
         raise ConfigError(f"--shared {p}: no such folder")
@@ -201,7 +198,8 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
                            crop=None, eps_d=cfg.eps_d, pool=cfg.attack_n, size=cfg.size, adv_data=adv_dirs,
                            adv_fraction=1.0, stage1_steps=cfg.stage1_steps, stage2_steps=cfg.stage2_steps,
                            ffa_weight=cfg.align_ffa, ffa_pixel=cfg.align_pixel, mgr_pixel=cfg.mgr_pixel,
-                           stage2_lr=cfg.stage2_lr, arch=cfg.ansm_arch, device=cfg.device)
+                           stage2_lr=cfg.stage2_lr, arch=cfg.ansm_arch, width=cfg.ansm_width,
+                           device=cfg.device)
     if (out / "ansm" / "ansm.json").is_file():
         ansm, _ = load_ansm(out / "ansm" / "ansm")
     else:

@@ -19,6 +19,26 @@ import torch
 from ansm.errors import AnsmError, ConfigError, DataError, OutputError
 
 
+# the checkout this package runs from (<checkout>/src/ansm/utils.py): ../shared beside it is our machines' layout
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def shared_locations(*parts: str) -> list[tuple[Path, str]]:
+    """Where ``shared/<parts>`` (the real corpus, the test subset, official weights) may be, in lookup order, each
+    with the name a report gives it (never the absolute path of the machine that ran it): ``$ANSM_SHARED/<parts>``,
+    then ``../shared/<parts>`` beside the working directory, then beside the checkout. The one lookup behind every
+    default data root and weights file; callers check which exists (a folder or a file)."""
+    rel = "/".join(parts)
+    found: list[tuple[Path, str]] = []
+    if os.environ.get("ANSM_SHARED"):
+        found.append((Path(os.environ["ANSM_SHARED"]).expanduser().joinpath(*parts), f"$ANSM_SHARED/{rel}"))
+    for base in (Path.cwd().parent, CHECKOUT.parent):
+        path = base.joinpath("shared", *parts)
+        if all(path != p for p, _ in found):
+            found.append((path, f"../shared/{rel}"))
+    return found
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch from one integer (the CLI's ``--seed``)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:

@@ -7,7 +7,6 @@ Tests needing the official files read them from ``../shared/weights/mobilenet`` 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

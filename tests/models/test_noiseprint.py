@@ -16,7 +16,6 @@ import torch
 from ansm.checkpoint import load_checkpoint
 from ansm.errors import CheckpointError, ConfigError
 from ansm.models import FeatureTaps, create_localizer, load_localizer, save_localizer
-from ansm.models import noiseprint as npmod
 from ansm.models.noiseprint import NoiseprintHeadLocalizer, NoiseprintPP, default_noiseprint_weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +128,11 @@ def test_original_noiseprint_weights_are_rejected_with_key_list() -> None:
 
 
 def test_default_weights_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(npmod, "_repo_root", lambda: tmp_path / "repo")
+    import ansm.utils
+
+    monkeypatch.setattr(ansm.utils, "CHECKOUT", tmp_path / "repo")
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
     monkeypatch.delenv("ANSM_NOISEPRINT_WEIGHTS", raising=False)
     monkeypatch.setenv("ANSM_SHARED", str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="Noiseprint\\+\\+ weights not found .*ANSM_NOISEPRINT_WEIGHTS"):
@@ -137,7 +140,7 @@ def test_default_weights_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     fake = tmp_path / "shared" / "weights" / "noiseprint++.th"
     fake.parent.mkdir(parents=True)
     fake.write_bytes(b"")
-    assert default_noiseprint_weights() == fake  # <repo>/../shared/weights
+    assert default_noiseprint_weights() == fake  # ../shared/weights beside the checkout and the working directory
     monkeypatch.setenv("ANSM_NOISEPRINT_WEIGHTS", str(tmp_path / "missing.th"))
     with pytest.raises(ConfigError, match="not a file"):
         default_noiseprint_weights()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ansm.data.datasets import ForgeryDataset, open_dataset
 from ansm.errors import ConfigError, DataError
+from ansm.utils import shared_locations
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,7 @@ PROTOCOLS: dict[str, tuple[ProtocolDataset, ...]] = {"real": REAL_PROTOCOL}
 
 def default_real_root() -> Path | None:
     """``$ANSM_SHARED/real``, else ``../shared/real`` beside the working directory or the checkout, else None."""
-    candidates = []
-    if os.environ.get("ANSM_SHARED"):
-        candidates.append(Path(os.environ["ANSM_SHARED"]).expanduser() / "real")
-    candidates += [Path.cwd().parent / "shared" / "real", Path(__file__).resolve().parents[4] / "shared" / "real"]
-    return next((c for c in candidates if c.is_dir()), None)
+    return next((path for path, _ in shared_locations("real") if path.is_dir()), None)
 
 
 def protocol_datasets(protocol: str, root: str | os.PathLike | None = None,

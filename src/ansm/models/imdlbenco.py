@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
-import torch.nn as nn
 
 from ansm.checkpoint import load_state_dict_strict
 from ansm.errors import CheckpointError, ConfigError

@@ -211,19 +211,14 @@ def read_mobilenet_tflite(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def _repo_root() -> Path:
-    """The checkout this package runs from (``<repo>/src/ansm/models/mobilenet.py`` -> ``<repo>``)."""
-    return Path(__file__).resolve().parents[3]
-
-
 def default_mobilenet_weights() -> Path:
     """Find ``mobilenet_v2_1.0_224_quant.tflite`` when the user gave no path.
 
     Looked up in this order: ``$ANSM_MOBILENET_WEIGHTS`` (a file), ``$ANSM_SHARED/weights/mobilenet/<file>``,
-    ``<repo>/../shared/weights/mobilenet/<file>``. Raises one :class:`ConfigError` naming every place looked at.
+    ``../shared/weights/mobilenet/<file>``. Raises one :class:`ConfigError` naming every place looked at.
     """
     return locate_weights_file(
-        WEIGHTS_ENV, (*WEIGHTS_SUBDIR, WEIGHTS_FILENAME), _repo_root(), "MobileNetV2 weights",
+        WEIGHTS_ENV, (*WEIGHTS_SUBDIR, WEIGHTS_FILENAME), "MobileNetV2 weights",
         f"pass weights=PATH/{WEIGHTS_FILENAME} or set ${WEIGHTS_ENV}. The official file is TensorFlow's "
         "mobilenet_v2_1.0_224_quant.tflite (Apache-2.0; e.g. google-coral/test_data).")
 

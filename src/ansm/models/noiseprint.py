@@ -89,20 +89,15 @@ def load_noiseprint_weights(net: NoiseprintPP, path: str | os.PathLike) -> None:
     load_state_dict_strict(net, state, path)
 
 
-def _repo_root() -> Path:
-    """The checkout this package runs from (``<repo>/src/ansm/models/noiseprint.py`` -> ``<repo>``)."""
-    return Path(__file__).resolve().parents[3]
-
-
 def default_noiseprint_weights() -> Path:
     """Find the Noiseprint++ weights when the user gave no path.
 
     Looked up in this order: ``$ANSM_NOISEPRINT_WEIGHTS`` (a file), ``$ANSM_SHARED/weights/noiseprint++.th``,
-    ``<repo>/../shared/weights/noiseprint++.th`` (the layout of our development machines). Raises one
-    :class:`ConfigError` that names every place looked at, so the user knows what to set.
+    ``../shared/weights/noiseprint++.th`` beside the working directory or the checkout (the layout of our
+    development machines). Raises one :class:`ConfigError` that names every place looked at.
     """
     return locate_weights_file(
-        WEIGHTS_ENV, ("weights", WEIGHTS_FILENAME), _repo_root(), "Noiseprint++ weights",
+        WEIGHTS_ENV, ("weights", WEIGHTS_FILENAME), "Noiseprint++ weights",
         f"pass --weights PATH/{WEIGHTS_FILENAME} or set ${WEIGHTS_ENV}. The official file is TruFor's "
         "pretrained_models/noiseprint++/noiseprint++.th (GRIP-UNINA licence, non-commercial).")
 

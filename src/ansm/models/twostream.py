@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ansm.models.base import InputConfig, Localizer
-from ansm.models.layers import ConvNormAct, DownBlock, UpBlock, norm
+from ansm.models.layers import ConvNormAct, DownBlock, UpBlock
 from ansm.models.registry import register_localizer
 
 _SRM = torch.tensor(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ansm.models.base import InputConfig, Localizer
 from ansm.models.layers import ConvNormAct, UpBlock
