@@ -140,3 +140,7 @@ def test_defend_averages_a_stochastic_ansm_over_passes(tmp_path, frozen_localize
     x_d = read_image(tmp_path / "o" / "a_defended.png")[None]
     assert (x_d - first).abs().max() <= 1 / 255 + 1e-6 and (x_d - x).abs().max() <= 9 / 255
     assert defend_images(_random_ansm(0.0), loc, tmp_path / "a.png", tmp_path / "d")["defended_passes"] == 1
+    for bad in (0, -2, 2.5):  # a clear error before anything is written, never a silent 1
+        with pytest.raises(ConfigError, match="stochastic_passes must be an integer >= 1"):
+            defend_images(ansm, loc, tmp_path / "a.png", tmp_path / f"bad{bad}", stochastic_passes=bad)
+        assert not (tmp_path / f"bad{bad}").exists()

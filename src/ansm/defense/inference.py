@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ansm.data.io import IMAGE_EXTENSIONS, read_image, tensor_to_uint8, write_mask, write_png
-from ansm.errors import DataError
+from ansm.errors import ConfigError, DataError
 from ansm.tiling import model_align, resolve_tile, tiled_apply
 from ansm.utils import atomic_path, write_json_atomic
 
@@ -111,12 +111,14 @@ def defend_images(ansm: nn.Module, localizer: nn.Module, inputs: str | os.PathLi
 
     ``stochastic_passes``: for a stochastic ANSM (``noise_std > 0``), the defended mask is the mean probability
     over this many passes, each with fresh noise (a fixed seed would hand an attacker the noise to attack)."""
+    if isinstance(stochastic_passes, bool) or not isinstance(stochastic_passes, int) or stochastic_passes < 1:
+        raise ConfigError(f"stochastic_passes must be an integer >= 1, got {stochastic_passes!r}")
     files = list_images(inputs)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     ansm.eval()
     localizer.eval()
-    passes = max(1, int(stochastic_passes)) if getattr(ansm, "stochastic", False) else 1
+    passes = stochastic_passes if getattr(ansm, "stochastic", False) else 1
     rows = []
     for path, stem in zip(files, output_ids(files)):
         x = read_image(path)
