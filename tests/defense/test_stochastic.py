@@ -144,3 +144,25 @@ def test_defend_averages_a_stochastic_ansm_over_passes(tmp_path, frozen_localize
         with pytest.raises(ConfigError, match="stochastic_passes must be an integer >= 1"):
             defend_images(ansm, loc, tmp_path / "a.png", tmp_path / f"bad{bad}", stochastic_passes=bad)
         assert not (tmp_path / f"bad{bad}").exists()
+
+
+def test_draws_are_chunked_for_big_images_with_the_same_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring a stochastic defense stacks its draws into one batch unless that exceeds DRAW_CHUNK_PIXELS; then it
+    runs them in chunks, each with fresh draws, and still averages over all of them."""
+    import ansm.benchmark.defenses as defenses
+
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    sizes: list[int] = []
+
+    def doubled(z: torch.Tensor) -> torch.Tensor:
+        sizes.append(z.shape[0])
+        return z * 2
+
+    assert torch.allclose(defenses._mean_over_draws(doubled, x, 5), x * 2) and sizes == [10]  # one batch
+    monkeypatch.setattr(defenses, "DRAW_CHUNK_PIXELS", 2 * 2 * 32 * 32)  # two draws of the batch per forward
+    sizes.clear()
+    assert torch.allclose(defenses._mean_over_draws(doubled, x, 5), x * 2) and sizes == [4, 4, 2]
+    torch.manual_seed(1)
+    noise = defenses._mean_over_draws(torch.randn_like, torch.zeros(1, 3, 64, 64), 5)
+    # the mean of 5 independent standard normals has std 1/sqrt(5) = 0.447; chunks reusing a draw would not
+    assert abs(noise.std().item() - 5 ** -0.5) < 0.03

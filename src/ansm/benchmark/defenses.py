@@ -105,10 +105,27 @@ class Defense:
         return self.pre is not None and not getattr(self.pre, "differentiable", True)
 
 
+# pixels per forward of stacked draws: more draws than fit are run in chunks (at the quick preset's 32 images of
+# 64x64 all 20 EOT draws are one batch; a 1-megapixel photo gets 4 draws per forward, not 20)
+DRAW_CHUNK_PIXELS = 1 << 22
+
+
 def _mean_over_draws(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, draws: int) -> torch.Tensor:
-    """``mean_k fn(x)`` over ``draws`` independent random draws, as one batch of ``draws * B`` images."""
-    out = fn(x.repeat(draws, 1, 1, 1))
-    return out.view(draws, *x.shape[:1], *out.shape[1:]).mean(0)
+    """``mean_k fn(x)`` over ``draws`` independent random draws, stacked into batches of at most
+    ``DRAW_CHUNK_PIXELS`` pixels (without gradients that bounds the memory; under autograd, as in an EOT step,
+    every chunk's graph is kept until the backward pass, so memory still grows with ``draws``)."""
+    per_chunk = max(1, DRAW_CHUNK_PIXELS // max(1, x.numel() // max(1, x.shape[1])))
+    if per_chunk >= draws:  # one batch of draws * B images
+        out = fn(x.repeat(draws, 1, 1, 1))
+        return out.view(draws, *x.shape[:1], *out.shape[1:]).mean(0)
+    total: torch.Tensor | None = None
+    for start in range(0, draws, per_chunk):
+        k = min(per_chunk, draws - start)
+        out = fn(x.repeat(k, 1, 1, 1))
+        part = out.view(k, *x.shape[:1], *out.shape[1:]).sum(0)
+        total = part if total is None else total + part
+    assert total is not None
+    return total / draws
 
 
 def stochastic_views(pre: nn.Module, loc: nn.Module, eot_samples: int,
