@@ -15,8 +15,8 @@ winner is what ``BenchmarkConfig``'s ``robust_*`` defaults are; ``test`` is not 
     python experiments/robust_val.py --only plain --only df1-kl1   # in pieces
     python experiments/robust_val.py --only plain --only df1-kl0 --only stoch-4 --only stoch-8 --only stoch-16 --docs
 
-``--docs`` writes each table (robust recipe; stochastic ANSM) whose every row has finished (in this run or, from its
-``summary.json``, an earlier one).
+``--docs`` writes each table (robust recipe; stochastic ANSM) whose every row has finished, in this run or an earlier
+one (each variant's ``summary.json``).
 
 Work goes to ``runs/experiments/robust-val/<variant>``.
 """
@@ -70,13 +70,13 @@ def run_variant(name: str) -> dict:
             run_variant(next(iter(VARIANTS)))
         (out / "models").mkdir(parents=True, exist_ok=True)
         shutil.copytree(first / "models" / "target", out / "models" / "target")
-    summary = out / "summary.json"
-    if summary.is_file():  # finished earlier (the benchmark itself would resume too, after loading its data)
-        return json.loads(summary.read_text())
+    finished = _finished(name)
+    if finished is not None:  # the benchmark itself would resume too, but only after loading its data
+        return finished
     cfg = preset_config("quick", out=str(out), defenses=["none", group], **COMMON, **settings)
     report = run_benchmark(cfg, log=lambda _s: None)
     row = summarise(name, group, report)
-    summary.write_text(json.dumps(row, indent=1))
+    (out / "summary.json").write_text(json.dumps(row, indent=1))
     return row
 
 
@@ -116,12 +116,10 @@ def main() -> None:
     ap.add_argument("--docs", action="store_true", help="write the table into docs/benchmark.md")
     ap.add_argument("--only", action="append", choices=list(VARIANTS), help="run only these variants")
     args = ap.parse_args()
-    done = {}
     for name in args.only or VARIANTS:
-        done[name] = run_variant(name)
-        print(json.dumps(done[name]), flush=True)
+        print(json.dumps(run_variant(name)), flush=True)
     for section, names in TABLES.items():
-        rows = [done.get(n) or _finished(n) for n in names]
+        rows = [_finished(n) for n in names]  # run_variant wrote each summary.json
         if any(r is None for r in rows):  # a table is written only whole
             continue
         text = table(rows)

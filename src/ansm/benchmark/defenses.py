@@ -115,17 +115,12 @@ def _mean_over_draws(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     ``DRAW_CHUNK_PIXELS`` pixels (without gradients that bounds the memory; under autograd, as in an EOT step,
     every chunk's graph is kept until the backward pass, so memory still grows with ``draws``)."""
     per_chunk = max(1, DRAW_CHUNK_PIXELS // max(1, x.numel() // max(1, x.shape[1])))
-    if per_chunk >= draws:  # one batch of draws * B images
-        out = fn(x.repeat(draws, 1, 1, 1))
-        return out.view(draws, *x.shape[:1], *out.shape[1:]).mean(0)
-    total: torch.Tensor | None = None
+    parts = []  # (k, B, ...) per chunk; one chunk, the usual case, is exactly one batch of draws * B images
     for start in range(0, draws, per_chunk):
         k = min(per_chunk, draws - start)
         out = fn(x.repeat(k, 1, 1, 1))
-        part = out.view(k, *x.shape[:1], *out.shape[1:]).sum(0)
-        total = part if total is None else total + part
-    assert total is not None
-    return total / draws
+        parts.append(out.view(k, *x.shape[:1], *out.shape[1:]))
+    return torch.cat(parts).mean(0)
 
 
 def stochastic_views(pre: nn.Module, loc: nn.Module, eot_samples: int,

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ansm.data.io import IMAGE_EXTENSIONS, read_image, tensor_to_uint8, write_mask, write_png
-from ansm.errors import ConfigError, DataError
+from ansm.errors import DataError
 from ansm.tiling import model_align, resolve_tile, tiled_apply
 from ansm.utils import atomic_path, write_json_atomic
+from ansm.validate import positive_int
 
 
 def list_images(path: str | os.PathLike) -> list[Path]:
@@ -111,8 +112,7 @@ def defend_images(ansm: nn.Module, localizer: nn.Module, inputs: str | os.PathLi
 
     ``stochastic_passes``: for a stochastic ANSM (``noise_std > 0``), the defended mask is the mean probability
     over this many passes, each with fresh noise (a fixed seed would hand an attacker the noise to attack)."""
-    if isinstance(stochastic_passes, bool) or not isinstance(stochastic_passes, int) or stochastic_passes < 1:
-        raise ConfigError(f"stochastic_passes must be an integer >= 1, got {stochastic_passes!r}")
+    positive_int(stochastic_passes, "stochastic_passes")
     files = list_images(inputs)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
