@@ -1,8 +1,8 @@
-"""Latency of ANSM next to the localizer it defends: localizer alone vs localizer + ANSM, full and fast arch.
+"""Latency of ANSM next to the localizer it defends: localizer alone vs localizer + ANSM, for each ANSM network.
 
-One run measures everything side by side: for each image size and thread count, the five forwards (localizer,
-localizer after full ANSM, localizer after fast ANSM, full ANSM alone, fast ANSM alone) are interleaved round by
-round after a warm-up, and each is the median of ``--repeats`` rounds, batch 1. Printed per arch:
+One run measures everything side by side: for each image size and thread count, the forwards (the localizer
+alone, and for each network in ``NETS`` the network alone and the localizer after it) are interleaved round by
+round after a warm-up, and each is the median of ``--repeats`` rounds, batch 1. Printed per network:
 
 * throughput (images/s) of the localizer alone and of the defended pipeline ``V(ANSM(x))``;
 * ``ANSM/V``: ANSM's forward time divided by the localizer's (both measured alone);
@@ -13,7 +13,7 @@ channels-last weights as the demo and the trainer use them; weights are untraine
 them). ANSM's output layers get small random weights so it is not the zero-init identity.
 
 On a GPU (``--device cuda``) the times are taken between ``torch.cuda.synchronize()`` calls, ``--amp bf16|fp16``
-runs the forwards under autocast, and a training step of each arch is timed too (a stage-2 MgR step of
+runs the forwards under autocast, and a training step of each network is timed too (a stage-2 MgR step of
 ``ansm.defense.trainer.ansm_losses`` with the pixel term, plus Adam, at ``--train-batch`` x ``--train-size``);
 on a CPU ``--amp`` and the training step are skipped (``bench/training_step.py`` times CPU training steps).
 
@@ -36,16 +36,22 @@ from ansm.defense import ANSM
 from ansm.demo import DEFENDED_LOCALIZER_KWARGS
 from ansm.models import create_localizer
 
-ARCHS = ("full", "fast")
+# The ANSM networks measured (name -> ANSM keyword arguments): the default, the fast arch, and the cheaper
+# variants compared on val by experiments/demo_val.py. ``--nets`` picks a subset.
+NETS: dict[str, dict] = {
+    "full": {},
+    "fast": {"arch": "fast"},
+    "full-w8": {"width": 8, "dilations": (1, 3)},
+}
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def make_ansm(arch: str, device: torch.device) -> ANSM:
+def make_ansm(name: str, device: torch.device) -> ANSM:
     torch.manual_seed(0)
-    net = ANSM(arch=arch)
+    net = ANSM(**NETS[name])
     with torch.no_grad():  # a trained-like, non-identity ANSM
-        for name, p in net.named_parameters():
-            if name.startswith(("tail.", "up.", "hp_tail.")):
+        for pname, p in net.named_parameters():
+            if pname.startswith(("tail.", "up.", "hp_tail.")):
                 p.normal_(0, 0.01)
     return net.to(device).eval()
 
@@ -78,22 +84,22 @@ def forward_table(localizer: nn.Module, ansms: dict[str, ANSM], size: int, repea
     x = torch.rand(1, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     autocast = (torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext())
     fns: dict[str, Callable[[], object]] = {"V": lambda: localizer(x)}
-    for arch, net in ansms.items():
-        fns[f"V+{arch}"] = lambda n=net: localizer(n(x))
-        fns[arch] = lambda n=net: n(x)
+    for name, net in ansms.items():
+        fns[f"V+{name}"] = lambda n=net: localizer(n(x))
+        fns[name] = lambda n=net: n(x)
     with torch.no_grad(), autocast:
         t = interleaved_medians(fns, repeats, warmup, device)
     rows = []
-    for arch in ansms:
-        rows.append(f"{size:>5} {arch:<5} {t['V'] * 1e3:>9.1f} {t[arch] * 1e3:>10.1f} {t['V+' + arch] * 1e3:>11.1f} "
-                    f"{1 / t['V']:>9.2f} {1 / t['V+' + arch]:>11.2f} {t[arch] / t['V']:>7.1%} "
-                    f"{t[arch] / t['V+' + arch]:>7.1%}")
+    for name in ansms:
+        rows.append(f"{size:>5} {name:<10} {t['V'] * 1e3:>9.1f} {t[name] * 1e3:>10.1f} {t['V+' + name] * 1e3:>11.1f} "
+                    f"{1 / t['V']:>9.2f} {1 / t['V+' + name]:>11.2f} {t[name] / t['V']:>7.1%} "
+                    f"{t[name] / t['V+' + name]:>7.1%}")
     return rows
 
 
-def train_step_times(localizer: nn.Module, archs: tuple[str, ...], batch: int, size: int, repeats: int,
+def train_step_times(localizer: nn.Module, names: tuple[str, ...], batch: int, size: int, repeats: int,
                      warmup: int, device: torch.device, amp: torch.dtype | None) -> list[str]:
-    """Seconds of one ANSM training step (stage-2 MgR + pixel term, backward, Adam), per arch, interleaved."""
+    """Seconds of one ANSM training step (stage-2 MgR + pixel term, backward, Adam), per network, interleaved."""
     from ansm.defense.trainer import Batch, TrainANSMConfig, ansm_losses
 
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -104,8 +110,8 @@ def train_step_times(localizer: nn.Module, archs: tuple[str, ...], batch: int, s
     cfg = TrainANSMConfig(stage1_steps=0, stage2_steps=1, mgr_pixel=1 / 8, device=device.type)
     autocast = (torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext())
     fns: dict[str, Callable[[], object]] = {}
-    for arch in archs:
-        net = make_ansm(arch, device).train().to(memory_format=torch.channels_last)
+    for name in names:
+        net = make_ansm(name, device).train().to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
 
         def step(net: ANSM = net, opt: torch.optim.Optimizer = opt) -> None:
@@ -115,10 +121,10 @@ def train_step_times(localizer: nn.Module, archs: tuple[str, ...], batch: int, s
             loss.backward()
             opt.step()
 
-        fns[arch] = step
+        fns[name] = step
     t = interleaved_medians(fns, repeats, warmup, device)
-    return [f"train step {arch}: {t[arch] * 1e3:.1f} ms ({batch}x3x{size}x{size}, {batch / t[arch]:.1f} images/s)"
-            for arch in archs]
+    return [f"train step {name}: {t[name] * 1e3:.1f} ms ({batch}x3x{size}x{size}, {batch / t[name]:.1f} images/s)"
+            for name in names]
 
 
 def main() -> None:
@@ -131,6 +137,7 @@ def main() -> None:
     ap.add_argument("--amp", default=None, choices=sorted(AMP), help="autocast dtype (GPU only)")
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--train-size", type=int, default=256)
+    ap.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS), help="ANSM networks to time")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (run without --device on a CPU)")
@@ -145,12 +152,12 @@ def main() -> None:
     localizer = localizer.to(memory_format=torch.channels_last)
     for p in localizer.parameters():
         p.requires_grad_(False)
-    ansms = {arch: make_ansm(arch, device) for arch in ARCHS}
+    ansms = {name: make_ansm(name, device) for name in args.nets}
     threads = args.threads if device.type == "cpu" else [torch.get_num_threads()]
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
           f"dtype {args.amp if amp is not None else 'float32'}, batch 1, median of {args.repeats} interleaved rounds "
           f"after {args.warmup} warm-up; localizer twostream {DEFENDED_LOCALIZER_KWARGS}")
-    header = (f"{'size':>5} {'arch':<5} {'V ms':>9} {'ANSM ms':>10} {'V+ANSM ms':>11} {'V img/s':>9} "
+    header = (f"{'size':>5} {'ANSM':<10} {'V ms':>9} {'ANSM ms':>10} {'V+ANSM ms':>11} {'V img/s':>9} "
               f"{'V+ANSM im/s':>11} {'ANSM/V':>7} {'share':>7}")
     for n in threads:
         if device.type == "cpu":
@@ -162,7 +169,7 @@ def main() -> None:
                 print(row, flush=True)
     if device.type == "cuda":
         print()
-        for row in train_step_times(localizer, ARCHS, args.train_batch, args.train_size, args.repeats, args.warmup,
+        for row in train_step_times(localizer, tuple(args.nets), args.train_batch, args.train_size, args.repeats, args.warmup,
                                     device, amp):
             print(row)
     else:

@@ -63,11 +63,31 @@ VARIANTS: dict[str, dict] = {
     f"stage 2 only ({WALL_STEPS} steps), fast ANSM": {**STAGE2_ONLY, "stage2_steps": WALL_STEPS, "ansm_arch": "fast"},
     f"stage 2 only ({2 * WALL_STEPS} steps), fast ANSM": {**STAGE2_ONLY, "stage2_steps": 2 * WALL_STEPS,
                                                          "ansm_arch": "fast"},
+    # cheaper ANSMs that keep the body at full resolution (bench/ansm_latency.py: ~1/4 of full's forward)
+    f"stage 2 only ({WALL_STEPS} steps), full ANSM width 8, dilations 1, 3":
+        {**STAGE2_ONLY, "stage2_steps": WALL_STEPS, "ansm_width": 8, "ansm_dilations": (1, 3)},
+    f"stage 2 only ({2 * WALL_STEPS} steps), full ANSM width 8, dilations 1, 3":
+        {**STAGE2_ONLY, "stage2_steps": 2 * WALL_STEPS, "ansm_width": 8, "ansm_dilations": (1, 3)},
+    # the fast arch distilled from the full one of the demo's row (TEACHER): an L1 term to its outputs beside MgR
+    f"stage 2 only ({WALL_STEPS} steps), fast ANSM distilled from full (weight 1/8)":
+        {**STAGE2_ONLY, "stage2_steps": WALL_STEPS, "ansm_arch": "fast", "ansm_distill": 1 / 8},
+    f"stage 2 only ({WALL_STEPS} steps), fast ANSM distilled from full (weight 1/2)":
+        {**STAGE2_ONLY, "stage2_steps": WALL_STEPS, "ansm_arch": "fast", "ansm_distill": 1 / 2},
 }
 # run folders named before the rows were renamed
 FOLDERS = {"pixel + MgR (2400 + 400)": "pixel-mgr-the-demo-s",
            f"stage 2 only ({WALL_STEPS} steps = the wall time of 2400 + 400)": "stage-2-only-1100-steps-the-demo-s-wall-time",
            "pixel + MgR (2400 + 400), fast ANSM": "pixel-mgr-fast-ansm"}
+# the teacher of the distilled rows: the full ANSM of the demo's recipe (trained first when missing), the ANSM seed
+# of the student's own row (the recipe "train full, then distil it" run end to end per seed)
+TEACHER = f"stage 2 only ({WALL_STEPS} steps = the wall time of 2400 + 400)"
+# rows also trained with ANSM seeds 1 and 2 (same localizer, attack sets and val images; DemoConfig.ansm_seed), for
+# the mean +- sd over 3 training seeds of the comparison they decide: full ANSM against the cheaper one
+SEEDED = (TEACHER, f"stage 2 only ({WALL_STEPS} steps), fast ANSM distilled from full (weight 1/8)")
+SEEDS = (1, 2)
+for _name in SEEDED:
+    for _s in SEEDS:
+        VARIANTS[f"{_name} (ANSM seed {_s})"] = {**VARIANTS[_name], "ansm_seed": _s}
 ATTACKS = ("pgd", "fgsm", "pgd-4/255", "pgd-12/255", "pgd-l2", "mifgsm", "segpgd", "cw-l2", "pgd-hide")
 
 
@@ -82,6 +102,13 @@ def run_variant(name: str, overrides: dict, first: Path | None, rerun: bool = Fa
             if (first / part).is_dir() and not (out / part).exists():
                 shutil.copytree(first / part, out / part)
     # stage2_lr None: TrainANSMConfig's stage 2 then peaks at the stage-1 lr (MgR starting from the identity)
+    if overrides.get("ansm_distill"):
+        seed = overrides.get("ansm_seed")
+        teacher_row = TEACHER if seed is None else f"{TEACHER} (ANSM seed {seed})"
+        teacher = OUT / _slug(teacher_row) / "ansm" / "ansm"
+        if not teacher.with_suffix(".json").is_file():
+            run_variant(teacher_row, VARIANTS[teacher_row], first)
+        overrides = {**overrides, "ansm_teacher": str(teacher)}
     report = out / "report.json"
     if report.is_file() and not rerun:  # finished earlier: the table is rebuilt from its report
         return json.loads(report.read_text())
@@ -127,7 +154,9 @@ def main() -> None:
     ap.add_argument("--rerun", action="store_true", help="evaluate finished variants again instead of reading "
                     "their report.json")
     args = ap.parse_args()
-    results, first = {}, None
+    results = {}
+    base = OUT / _slug(TEACHER)  # a finished row's localizer and attack sets serve every other row
+    first = base if (base / "attack-fgsm" / "attack.json").is_file() else None
     for name, overrides in VARIANTS.items():
         if args.only and _slug(name) not in args.only:
             continue

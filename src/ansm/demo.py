@@ -38,6 +38,9 @@ from ansm.utils import shared_locations
 class DemoConfig:
     out: str = "runs/demo"
     seed: int = 0
+    # ANSM's own seed (initialisation, batches); None: ``seed``. Varying it alone retrains ANSM against the same
+    # localizer and attack sets and scores it on the same images: the spread over training seeds of one recipe
+    ansm_seed: int | None = None
     size: int = 64  # side of the synthetic images (training and held-out test)
     loc_steps: int = 500
     loc_pool: int = 800
@@ -68,7 +71,11 @@ class DemoConfig:
     # ANSM architecture (ansm.defense.ansm_net.ARCHS): "fast" runs the body at half resolution, ~1/4 of the CPU
     # time of "full" at 512x512 (bench/ansm_latency.py); which one the demo uses is decided on val
     ansm_arch: str = "full"
-    ansm_width: int = 16  # ANSM's hidden channels (experiments/demo_val.py compares fast ANSMs of other widths)
+    ansm_width: int = 16  # ANSM's hidden channels (experiments/demo_val.py compares cheaper ANSMs on val)
+    ansm_dilations: tuple[int, ...] = (1, 2, 4)  # one residual block per entry (ansm.defense.ANSM)
+    # distil ANSM from a trained one (TrainANSMConfig.teacher / distill): a checkpoint path and the L1 weight
+    ansm_teacher: str | None = None
+    ansm_distill: float = 0.0
     eval_split: str = "test"  # "val" for every choice (experiments/demo_val.py), "test" reported once
     test_n: int = 96  # held-out synthetic images of eval_split
     adaptive_n: int = 32  # of those, attacked adaptively (through ANSM)
@@ -91,7 +98,7 @@ class DemoConfig:
         from ansm.validate import check_fields
 
         check_fields(self, None, non_negative=("align_ffa", "align_pixel", "mgr_pixel"), positive=("stage2_lr",),
-                     non_negative_int=("stage1_steps", "stage2_steps", "shared_per_dataset"),
+                     non_negative_int=("stage1_steps", "stage2_steps", "shared_per_dataset", "ansm_seed"),
                      positive_int=("loc_batch", "ansm_batch", "ansm_width", "shared_max_side"))
 
 
@@ -194,11 +201,16 @@ def run_demo(cfg: DemoConfig, step: Step | None = None, log: Callable[[str], Non
 
     # 3. ANSM: the two-stage run (its stage-1 checkpoint is the stage-1-only ablation) -----------------------
     t = time.perf_counter()
-    tcfg = TrainANSMConfig(out=str(out / "ansm"), localizer=loc_path, seed=cfg.seed, batch_size=cfg.ansm_batch,
+    tcfg = TrainANSMConfig(out=str(out / "ansm"), localizer=loc_path,
+                           seed=cfg.seed if cfg.ansm_seed is None else cfg.ansm_seed,
+                           pool_seed=None if cfg.ansm_seed is None else cfg.seed,
+                           batch_size=cfg.ansm_batch,
                            crop=None, eps_d=cfg.eps_d, pool=cfg.attack_n, size=cfg.size, adv_data=adv_dirs,
                            adv_fraction=1.0, stage1_steps=cfg.stage1_steps, stage2_steps=cfg.stage2_steps,
                            ffa_weight=cfg.align_ffa, ffa_pixel=cfg.align_pixel, mgr_pixel=cfg.mgr_pixel,
                            stage2_lr=cfg.stage2_lr, arch=cfg.ansm_arch, width=cfg.ansm_width,
+                           dilations=list(cfg.ansm_dilations),
+                           teacher=cfg.ansm_teacher, distill=cfg.ansm_distill,
                            device=cfg.device)
     if (out / "ansm" / "ansm.json").is_file():
         ansm, _ = load_ansm(out / "ansm" / "ansm")

@@ -50,6 +50,9 @@ def test_train_then_defend(tmp_path: Path, trained_localizer_path: Path, synthet
     (["train", "--model", "/nonexistent/loc", "--out", "X"], "not found"),
     (["train", "--model", "twostream", "--out", "X", "--eps-d", "abc"], "eps_d"),
     (["defend", "--ansm", "/nonexistent/ansm", "--input", ".", "--out", "X"], "not found"),
+    (["train", "--model", "twostream", "--out", "X", "--distill", "0.1"], "teacher"),
+    (["train", "--model", "twostream", "--out", "X", "--teacher", "/nonexistent/t", "--distill", "0.1",
+      "--pool", "2", "--size", "32", "--crop", "32", "--stage1-steps", "0", "--stage2-steps", "1", "--device", "cpu"], "/nonexistent/t"),
 ])
 def test_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
     res = runner.invoke(cli.app, [a.replace("X", str(tmp_path / "x")) for a in args])

@@ -78,6 +78,11 @@ def test_trains_from_an_attack_set(trained_localizer, tiny_cfg, tmp_path) -> Non
     assert summary["final_loss_stage2"] is not None
     with pytest.raises(Exception, match="original of"):
         train_ansm(TrainANSMConfig(**{**cfg.__dict__, "out": str(tmp_path / "o2"), "seed": 99}), trained_localizer)
+    # pool_seed renders the clean pool apart from ANSM's own seed: another ANSM seed against the same attack set
+    other, _ = train_ansm(TrainANSMConfig(**{**cfg.__dict__, "out": str(tmp_path / "o3"), "seed": 99,
+                                             "pool_seed": tiny_cfg["seed"]}), trained_localizer)
+    first, _ = load_ansm(tmp_path / "ansm" / "ansm")
+    assert any(not torch.equal(a, b) for a, b in zip(other.state_dict().values(), first.state_dict().values()))
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -19,6 +19,7 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
 @command("train", example="ansm train --model runs/localizer/localizer --out runs/ansm --adv-data runs/adv-pgd "
                           "(robust, adversarially trained: --defended-fraction 1 --curriculum 100 --clean-kl 1) "
                           "(real photos: --data ../shared/real/casia1 --split train --crop 256) "
+                          "(a cheaper ANSM distilled from a trained one: --arch fast --teacher runs/ansm/ansm --distill 0.125) "
                           "(multi-process: torchrun --standalone --nproc_per_node 2 --no-python ansm train ...)")
 def train_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Localizer to protect: checkpoint path, registered name or module:callable."),
@@ -55,6 +56,10 @@ def train_cmd(
                                              "in stage 2."),
     noise_std: Optional[str] = typer.Option(None, help="Stochastic ANSM: std of the Gaussian noise on its network's "
                                             "input, e.g. 8/255 (0: deterministic)."),
+    teacher: Optional[Path] = typer.Option(None, help="Distil from this trained ANSM checkpoint: an L1 term to its "
+                                           "outputs (with --distill), e.g. to train a --arch fast ANSM."),
+    distill: Optional[float] = typer.Option(None, help="Weight of the distillation term (1/255 units, like the "
+                                            "pixel term), e.g. 0.125."),
     adv_data: Optional[list[Path]] = typer.Option(None, "--adv-data", help="Attack-set folder from `ansm attack` (repeatable)."),
     adv_fraction: Optional[float] = typer.Option(None, help="Share of steps drawn from --adv-data."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Real dataset folder (with splits.json): its "
@@ -84,7 +89,8 @@ def train_cmd(
                  "ffa_reduction": ffa_reduction, "mgr_lambda": mgr_lambda, "mgr_dice": mgr_dice, "mgr_ffa": mgr_ffa,
                  "attacks": _split(attacks), "objectives": _split(objectives), "eps_min": eps_min, "eps_max": eps_max,
                  "pgd_steps": pgd_steps, "defended_fraction": defended_fraction, "curriculum": curriculum,
-                 "clean_kl": clean_kl, "noise_std": noise_std, "adv_data": [str(p) for p in adv_data] if adv_data else None,
+                 "clean_kl": clean_kl, "noise_std": noise_std, "distill": distill,
+                 "teacher": str(teacher) if teacher else None, "adv_data": [str(p) for p in adv_data] if adv_data else None,
                  "adv_fraction": adv_fraction, "pool": pool, "size": size, "source": str(source) if source else None,
                  "data": str(data) if data else None}
     kwargs = {k: v for k, v in overrides.items() if v is not None}

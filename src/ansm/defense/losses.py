@@ -125,6 +125,12 @@ def pixel_denoiser_loss(defended_adv: torch.Tensor, defended_orig: torch.Tensor,
     return (defended_adv - target).abs().mean() + (defended_orig - target).abs().mean()
 
 
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean L1 between a cheaper ANSM's output and a trained one's on the same inputs (teacher detached): a dense,
+    per-pixel target next to MgR's signal, which reaches ANSM only through the localizer's gradient."""
+    return (student - teacher.detach()).abs().mean()
+
+
 def feature_l1_loss(feats_defended: Mapping[str, torch.Tensor], feats_original: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """HGD-style guidance: mean absolute difference of tapped features, averaged over layers (targets detached)."""
     if not feats_defended or set(feats_defended) != set(feats_original):

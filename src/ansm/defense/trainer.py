@@ -28,6 +28,11 @@ constraint of MgR is kept for the clean images.
 in training as at inference, so it learns a perturbation that works whatever the noise draw. The noise of step
 ``t`` comes from a generator seeded with ``(seed, t, rank)``, so resume stays exact.
 
+**Distillation** (``teacher``, ``distill > 0``): a cheaper ANSM (``arch="fast"``, a narrower body) learns to
+match a trained one's outputs, an L1 term on ``x_a`` and ``x_o`` beside its own losses. The teacher's output is a
+dense per-pixel target, where MgR's signal reaches ANSM only through the localizer's gradient; it costs one more
+teacher forward per step, and nothing at inference.
+
 Distributed: under ``torchrun`` every rank takes its slice of the global batch, ANSM is wrapped in
 ``DistributedDataParallel`` (gradients averaged), rank 0 writes checkpoints. ``batch_size`` is the global batch.
 
@@ -60,7 +65,8 @@ from ansm.defense.ansm_net import ANSM, ARCHS, save_ansm
 from ansm.defense.data import (AdversarialPool, Pool, load_adversarial_pool, random_crops, random_flip_rot90,
                                real_clean_pool, render_clean_pool)
 from ansm.defense.ddp import DistContext, all_reduce_mean, barrier, setup_distributed, teardown
-from ansm.defense.losses import REDUCTIONS, clean_kl_loss, feature_l1_loss, ffa_loss, mgr_loss, pixel_denoiser_loss
+from ansm.defense.losses import (REDUCTIONS, clean_kl_loss, distill_loss, feature_l1_loss, ffa_loss, mgr_loss,
+                                 pixel_denoiser_loss)
 from ansm.errors import CheckpointError, ConfigError
 from ansm.models.taps import FeatureTaps, resolve_layers
 from ansm.utils import parse_eps, seeded_generator, write_json_atomic
@@ -76,8 +82,8 @@ LOSSES = ("ansm", "pixel", "feature")
 # Settings that define the result: a resume with any of them changed is refused.
 _RESUME_KEYS = ("loss", "localizer", "seed", "stage1_steps", "stage2_steps", "batch_size", "crop", "lr", "stage2_lr", "eps_d",
                 "width", "dilations", "norm", "arch", "taps", "ffa_weight", "ffa_alpha", "ffa_reduction", "mgr_lambda", "mgr_dice", "mgr_ffa", "attacks",
-                "objectives", "mgr_pixel", "ffa_pixel", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "size", "source", "data", "split",
-                "defended_fraction", "curriculum", "clean_kl", "noise_std")
+                "objectives", "mgr_pixel", "ffa_pixel", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "pool", "pool_seed", "size", "source", "data", "split",
+                "defended_fraction", "curriculum", "clean_kl", "noise_std", "teacher", "distill")
 
 
 @dataclass
@@ -120,9 +126,15 @@ class TrainANSMConfig:
     curriculum: int = 0
     clean_kl: float = 0.0
     noise_std: float = 0.0  # > 0: the stochastic ANSM (noise on g's input; ansm_net.py)
+    # distillation (module docstring): a trained ANSM checkpoint whose outputs this one learns to match, and the
+    # weight of that L1 term (in 1/255 units, like the pixel term)
+    teacher: str | None = None
+    distill: float = 0.0
     adv_data: list[str] = field(default_factory=list)  # folders built by `ansm attack`
     adv_fraction: float = 0.3  # share of steps taken from adv_data (when given)
     pool: int = 400  # clean synthetic training images
+    # seed of the rendered clean pool (None: seed); set it to vary ANSM's seed against fixed data and attack sets
+    pool_seed: int | None = None
     size: int = 128
     source: str | None = None
     data: str | None = None  # a real dataset folder: its `split` is the clean pool instead (pool/size/source unused)
@@ -174,9 +186,14 @@ class TrainANSMConfig:
         # NaN passes every comparison above (a NaN weight trained an all-NaN ANSM): ansm.validate refuses it
         check_fields(self, positive=("lr", "stage2_lr"), fraction=("adv_fraction", "defended_fraction", "noise_std"),
                      non_negative=("ffa_weight", "ffa_alpha", "mgr_lambda", "mgr_dice", "mgr_ffa", "mgr_pixel", "ffa_pixel",
-                                   "clean_kl"),
-                     non_negative_int=("stage1_steps", "stage2_steps", "warmup", "curriculum"),
+                                   "clean_kl", "distill"),
+                     non_negative_int=("stage1_steps", "stage2_steps", "warmup", "curriculum", "pool_seed"),
                      positive_int=("batch_size", "pool", "ckpt_every", "pgd_steps", "size", "width"))
+        if (self.distill > 0) != (self.teacher is not None):
+            raise ConfigError(f"distillation needs both a teacher checkpoint and distill > 0, got teacher="
+                              f"{self.teacher!r}, distill={self.distill}")
+        if self.teacher is not None and self.loss != "ansm":
+            raise ConfigError(f"a teacher is for the ANSM loss, not the {self.loss!r} baseline")
         if not self.objectives or set(self.objectives) - {"untargeted", "hide"}:
             raise ConfigError(f"objectives must be among untargeted, hide; got {self.objectives}")
         if not 0 <= self.adv_fraction <= 1:
@@ -268,9 +285,10 @@ def make_batch(step: int, cfg: TrainANSMConfig, ctx: DistContext, localizer: nn.
 
 
 def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int, taps: list[str],
-                cfg: TrainANSMConfig) -> torch.Tensor:
+                cfg: TrainANSMConfig, teacher: nn.Module | None = None) -> torch.Tensor:
     """Stage 1: FFA(V(ANSM(x_a)), V(x_o)) (+ optional pixel term). Stage 2: MgR dual-mask loss (+ optional FFA,
-    pixel and clean-preservation KL terms).
+    pixel and clean-preservation KL terms). In both stages, with ``teacher`` and ``cfg.distill`` > 0: the
+    distillation term ``distill * 255 * (L1(ANSM(x_a), T(x_a)) + L1(ANSM(x_o), T(x_o)))``.
 
     With ``cfg.loss`` "pixel" or "feature" the single stage trains a baseline denoiser instead (see losses.py)."""
     if cfg.loss != "ansm":
@@ -287,11 +305,18 @@ def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int,
     # passes, and it keeps DistributedDataParallel to one forward per backward)
     # (stage 1's pixel term needs ANSM(x_o) as well, but not V(ANSM(x_o)): the localizer sees only the first half)
     pixel_weight = cfg.ffa_pixel if stage == 1 else cfg.mgr_pixel
-    both = stage == 2 or pixel_weight > 0
-    defended = ansm(torch.cat([batch.x_a, batch.x_o]) if both else batch.x_a)
+    distill = teacher is not None and cfg.distill > 0
+    both = stage == 2 or pixel_weight > 0 or distill
+    inputs = torch.cat([batch.x_a, batch.x_o]) if both else batch.x_a
+    defended = ansm(inputs)
     pixel = (pixel_weight * 255 * pixel_denoiser_loss(defended[:b], defended[b:], batch.x_o) if pixel_weight > 0
              else None)
     terms = [] if pixel is None else [pixel]
+    if distill:
+        assert teacher is not None
+        with torch.no_grad():
+            target = teacher(inputs)
+        terms.append(cfg.distill * 255 * distill_loss(defended, target))
     if stage == 2 or need_ffa:  # (stage 1 with ffa_weight 0 aligns pixels only and never runs the localizer)
         tapper = FeatureTaps(localizer, taps) if need_ffa else None
         with tapper or contextlib.nullcontext():
@@ -321,6 +346,16 @@ def _baseline_loss(ansm: nn.Module, localizer: nn.Module, batch: Batch, taps: li
         feats = dict(t.features)
     return (feature_l1_loss({k: v[:b] for k, v in feats.items()}, feats_o)
             + feature_l1_loss({k: v[b:] for k, v in feats.items()}, feats_o))
+
+
+def load_teacher(path: str, device: torch.device) -> ANSM:
+    """The trained ANSM a cheaper one is distilled from: eval mode, frozen (a checkpoint, never pickled code)."""
+    from ansm.defense.ansm_net import load_ansm
+
+    teacher, _ = load_ansm(path)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(device)
 
 
 def freeze(localizer: nn.Module) -> nn.Module:
@@ -384,11 +419,13 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
         torch.manual_seed(cfg.seed)
         ansm = ANSM(cfg.eps_d, cfg.width, cfg.dilations, cfg.norm, cfg.arch, cfg.noise_std).to(ctx.device)
         opt = torch.optim.Adam(ansm.parameters(), lr=cfg.lr)
+        teacher = load_teacher(cfg.teacher, ctx.device) if cfg.teacher is not None else None
         state_path = out / "train_state"
         start = _load_state(state_path, ansm, opt, cfg) if checkpoint_paths(state_path)[1].exists() else 0
 
         pool = (real_clean_pool(cfg.data, cfg.split, on_item=on_pool_item) if cfg.data is not None
-                else render_clean_pool(cfg.pool, cfg.seed, cfg.size, cfg.source, on_item=on_pool_item))
+                else render_clean_pool(cfg.pool, cfg.seed if cfg.pool_seed is None else cfg.pool_seed, cfg.size,
+                                       cfg.source, on_item=on_pool_item))
         synthetic = pool if isinstance(pool, Pool) else None  # (real attack sets find x_o by source_image)
         adv = load_adversarial_pool(cfg.adv_data, synthetic) if cfg.adv_data and cfg.adv_fraction > 0 else None
         t_data = time.perf_counter() - t0
@@ -406,7 +443,7 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
             if ansm.stochastic:  # the stochastic ANSM's noise, a function of (seed, step, rank) like every draw
                 ansm.noise_generator = seeded_generator(cfg.seed, step, ctx.rank, 11)
             batch = make_batch(step, cfg, ctx, localizer, pool, adv, ansm)
-            loss = ansm_losses(model, localizer, batch, stage, taps, cfg)
+            loss = ansm_losses(model, localizer, batch, stage, taps, cfg, teacher)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(ansm.parameters(), 5.0)
