@@ -8,14 +8,17 @@ round after a warm-up, and each is the median of ``--repeats`` rounds, batch 1. 
 * ``ANSM/V``: ANSM's forward time divided by the localizer's (both measured alone);
 * ``share``: ANSM's forward time divided by the defended pipeline's, i.e. its part of ``V(ANSM(x))``.
 
-The localizer is the one the demo defends (``twostream`` with ``ansm.demo.DEFENDED_LOCALIZER_KWARGS``), with
+The localizer is the one the demo defends (``twostream`` with ``ansm.demo.DEFENDED_LOCALIZER_KWARGS``), or with
+``--localizer mobilenet-unet`` the one the real-forgery preset trains (``ansm benchmark --preset real``), with
 channels-last weights as the demo and the trainer use them; weights are untrained (the time does not depend on
 them). ANSM's output layers get small random weights so it is not the zero-init identity.
 
-On a GPU (``--device cuda``) the times are taken between ``torch.cuda.synchronize()`` calls, ``--amp bf16|fp16``
-runs the forwards under autocast, and a training step of each network is timed too (a stage-2 MgR step of
-``ansm.defense.trainer.ansm_losses`` with the pixel term, plus Adam, at ``--train-batch`` x ``--train-size``);
-on a CPU ``--amp`` and the training step are skipped (``bench/training_step.py`` times CPU training steps).
+``--amp bf16`` runs every forward (localizer and ANSM alike, so the ratios compare equal precision) under
+autocast (on a CPU with AVX512-BF16 both get faster; whether a localizer keeps its accuracy in bf16 is for the
+user to check on their own data). On a GPU (``--device cuda``) the times are
+taken between ``torch.cuda.synchronize()`` calls, ``--amp`` takes bf16 or fp16, and a training step of each
+network is timed too (a stage-2 MgR step of ``ansm.defense.trainer.ansm_losses`` with the pixel term, plus Adam, at ``--train-batch`` x ``--train-size``);
+on a CPU the training step is skipped (``bench/training_step.py`` times CPU training steps) and fp16 is refused.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/ansm_latency.py [--sizes 512 1024] [--threads 1 2]``
 (GPU: ``python bench/ansm_latency.py --device cuda --amp bf16 --sizes 512 1024 2048``).
@@ -41,8 +44,10 @@ from ansm.models import create_localizer
 NETS: dict[str, dict] = {
     "full": {},
     "fast": {"arch": "fast"},
-    "full-w8": {"width": 8, "dilations": (1, 3)},
+    "w8-d13": {"width": 8, "dilations": (1, 3)},  # full resolution, width 8, dilations 1, 3
+    "w8-d124": {"width": 8},  # full resolution, width 8, dilations 1, 2, 4
 }
+LOCALIZERS: dict[str, dict] = {"twostream": DEFENDED_LOCALIZER_KWARGS, "mobilenet-unet": {}}
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -134,21 +139,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--amp", default=None, choices=sorted(AMP), help="autocast dtype (GPU only)")
+    ap.add_argument("--amp", default=None, choices=sorted(AMP), help="autocast dtype (CPU: bf16 only)")
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--train-size", type=int, default=256)
+    ap.add_argument("--localizer", default="twostream", choices=list(LOCALIZERS),
+                    help="the defended localizer: the demo's twostream or the real preset's mobilenet-unet")
     ap.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS), help="ANSM networks to time")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (run without --device on a CPU)")
     device = torch.device(args.device)
-    amp = AMP[args.amp] if args.amp and device.type == "cuda" else None
-    if args.amp and amp is None:
-        print(f"--amp {args.amp}: GPU only, ignored on the CPU (float32)")
+    if args.amp == "fp16" and device.type == "cpu":
+        raise SystemExit("--amp fp16: GPU only (on a CPU use --amp bf16)")
+    amp = AMP[args.amp] if args.amp else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    localizer = create_localizer("twostream", **DEFENDED_LOCALIZER_KWARGS).eval().to(device)
+    localizer = create_localizer(args.localizer, **LOCALIZERS[args.localizer]).eval().to(device)
     localizer = localizer.to(memory_format=torch.channels_last)
     for p in localizer.parameters():
         p.requires_grad_(False)
@@ -156,7 +163,7 @@ def main() -> None:
     threads = args.threads if device.type == "cpu" else [torch.get_num_threads()]
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
           f"dtype {args.amp if amp is not None else 'float32'}, batch 1, median of {args.repeats} interleaved rounds "
-          f"after {args.warmup} warm-up; localizer twostream {DEFENDED_LOCALIZER_KWARGS}")
+          f"after {args.warmup} warm-up; localizer {args.localizer} {LOCALIZERS[args.localizer]}")
     header = (f"{'size':>5} {'ANSM':<10} {'V ms':>9} {'ANSM ms':>10} {'V+ANSM ms':>11} {'V img/s':>9} "
               f"{'V+ANSM im/s':>11} {'ANSM/V':>7} {'share':>7}")
     for n in threads:

@@ -24,10 +24,13 @@ def test_train_then_defend(tmp_path: Path, trained_localizer_path: Path, synthet
     out = tmp_path / "ansm"
     res = runner.invoke(cli.app, ["train", "--model", str(trained_localizer_path), "--out", str(out), "--stage1-steps",
                                   "1", "--stage2-steps", "2", "--batch-size", "2", "--crop", "32", "--pool", "4",
-                                  "--size", "64", "--pgd-steps", "1", "--width", "8", "--taps", "enc2,context",
+                                  "--size", "64", "--pgd-steps", "1", "--width", "6", "--dilations", "1,3",
+                                  "--taps", "enc2,context",
                                   "--eps-d", "8/255", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "taps enc2, context" in res.output
+    config = json.loads((out / "ansm.json").read_text())["config"]
+    assert config["width"] == 6 and config["dilations"] == [1, 3]
     images = tmp_path / "images"
     for i in range(2):
         write_png(images / f"img{i}.png", synthetic_batch["image"][i])
@@ -51,6 +54,8 @@ def test_train_then_defend(tmp_path: Path, trained_localizer_path: Path, synthet
     (["train", "--model", "twostream", "--out", "X", "--eps-d", "abc"], "eps_d"),
     (["defend", "--ansm", "/nonexistent/ansm", "--input", ".", "--out", "X"], "not found"),
     (["train", "--model", "twostream", "--out", "X", "--distill", "0.1"], "teacher"),
+    (["train", "--model", "twostream", "--out", "X", "--dilations", "1,x"], "--dilations"),
+    (["train", "--model", "twostream", "--out", "X", "--dilations", "0"], "--dilations"),
     (["train", "--model", "twostream", "--out", "X", "--teacher", "/nonexistent/t", "--distill", "0.1",
       "--pool", "2", "--size", "32", "--crop", "32", "--stage1-steps", "0", "--stage2-steps", "1", "--device", "cpu"], "/nonexistent/t"),
 ])

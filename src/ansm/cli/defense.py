@@ -8,12 +8,23 @@ from typing import Optional
 import typer
 
 from ansm.cli.app import command, console, progress
+from ansm.errors import ConfigError
 from ansm.validate import integer, output_dir, positive_int
 from ansm.cli.options import max_side_option, tile_option, validate_tile
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _dilations(text: Optional[str]) -> Optional[list[int]]:
+    """``--dilations 1,3`` -> [1, 3]; anything but positive integers is a one-line error."""
+    parts = _split(text)
+    if parts is None:
+        return None
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise ConfigError(f"--dilations must be comma-separated integers >= 1, e.g. 1,3; got {text!r}")
+    return [int(p) for p in parts]
 
 
 @command("train", example="ansm train --model runs/localizer/localizer --out runs/ansm --adv-data runs/adv-pgd "
@@ -31,6 +42,9 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (Adam; warm-up then cosine, per stage)."),
     eps_d: Optional[str] = typer.Option(None, help="Bound of the defensive perturbation, e.g. 16/255."),
     width: Optional[int] = typer.Option(None, help="ANSM hidden channels."),
+    dilations: Optional[str] = typer.Option(None, help="Comma-separated dilations, one residual block each "
+                                            "(default 1,2,4; the cheap ANSM of docs/ansm.md: --width 6 "
+                                            "--dilations 1,3)."),
     arch: Optional[str] = typer.Option(None, help="ANSM architecture: full (body at full resolution) or fast "
                                                   "(body at half resolution, ~1/4 of full's CPU time)."),
     taps: Optional[str] = typer.Option(None, help="Comma-separated localizer layers for FFA (default: the model's)."),
@@ -84,7 +98,8 @@ def train_cmd(
     positive_int(crop if crop else None, "--crop")
 
     overrides = {"stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "batch_size": batch_size, "lr": lr,
-                 "stage2_lr": stage2_lr, "eps_d": eps_d, "width": width, "arch": arch, "taps": _split(taps), "ffa_weight": ffa_weight,
+                 "stage2_lr": stage2_lr, "eps_d": eps_d, "width": width,
+                 "dilations": _dilations(dilations), "arch": arch, "taps": _split(taps), "ffa_weight": ffa_weight,
                  "ffa_pixel": ffa_pixel, "ffa_alpha": ffa_alpha, "mgr_pixel": mgr_pixel,
                  "ffa_reduction": ffa_reduction, "mgr_lambda": mgr_lambda, "mgr_dice": mgr_dice, "mgr_ffa": mgr_ffa,
                  "attacks": _split(attacks), "objectives": _split(objectives), "eps_min": eps_min, "eps_max": eps_max,
@@ -145,7 +160,6 @@ def defend_cmd(
     from ansm.checkpoint import checkpoint_paths
     from ansm.defense.ansm_net import load_ansm
     from ansm.defense.inference import defend_images, list_images
-    from ansm.errors import ConfigError
     from ansm.models.resolve import resolve_localizer
     from ansm.utils import resolve_device
 
