@@ -46,6 +46,8 @@ NETS: dict[str, dict] = {
     "fast": {"arch": "fast"},
     "w8-d13": {"width": 8, "dilations": (1, 3)},  # full resolution, width 8, dilations 1, 3
     "w8-d124": {"width": 8},  # full resolution, width 8, dilations 1, 2, 4
+    "w6-d13": {"width": 6, "dilations": (1, 3)},
+    "w8-d2": {"width": 8, "dilations": (2,)},
 }
 LOCALIZERS: dict[str, dict] = {"twostream": DEFENDED_LOCALIZER_KWARGS, "mobilenet-unet": {}}
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
