@@ -93,7 +93,8 @@ FOLDERS = {"pixel + MgR (2400 + 400)": "pixel-mgr-the-demo-s",
 TEACHER = f"stage 2 only ({WALL_STEPS} steps = the wall time of 2400 + 400)"
 # rows also trained with ANSM seeds 1 and 2 (same localizer, attack sets and val images; DemoConfig.ansm_seed), for
 # the mean +- sd over 3 training seeds of the comparison they decide: full ANSM against the cheaper one
-SEEDED = (TEACHER, f"stage 2 only ({2 * WALL_STEPS} steps), full ANSM width 6, dilations 1, 3")
+SEEDED = (TEACHER, f"stage 2 only ({2 * WALL_STEPS} steps), full ANSM width 6, dilations 1, 3",
+          f"stage 2 only ({2 * WALL_STEPS} steps), full ANSM width 8, dilations 1, 3")
 SEEDS = (1, 2)
 for _name in SEEDED:
     for _s in SEEDS:
