@@ -15,10 +15,11 @@ them). ANSM's output layers get small random weights so it is not the zero-init 
 
 ``--amp bf16`` runs every forward (localizer and ANSM alike, so the ratios compare equal precision) under
 autocast (on a CPU with AVX512-BF16 both get faster; whether a localizer keeps its accuracy in bf16 is for the
-user to check on their own data). On a GPU (``--device cuda``) the times are
-taken between ``torch.cuda.synchronize()`` calls, ``--amp`` takes bf16 or fp16, and a training step of each
-network is timed too (a stage-2 MgR step of ``ansm.defense.trainer.ansm_losses`` with the pixel term, plus Adam, at ``--train-batch`` x ``--train-size``);
-on a CPU the training step is skipped (``bench/training_step.py`` times CPU training steps) and fp16 is refused.
+user to check on their own data). On a GPU (``--device cuda``) the times are taken between
+``torch.cuda.synchronize()`` calls, ``--amp`` takes bf16 or fp16, and a training step of each network is timed too
+(a stage-2 MgR step of ``ansm.defense.trainer.ansm_losses`` with the pixel term, plus Adam, at ``--train-batch`` x
+``--train-size``); on a CPU the training step is skipped (``bench/training_step.py`` times CPU training steps) and
+fp16 is refused.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/ansm_latency.py [--sizes 512 1024] [--threads 1 2]``
 (GPU: ``python bench/ansm_latency.py --device cuda --amp bf16 --sizes 512 1024 2048``).
@@ -178,8 +179,8 @@ def main() -> None:
                 print(row, flush=True)
     if device.type == "cuda":
         print()
-        for row in train_step_times(localizer, tuple(args.nets), args.train_batch, args.train_size, args.repeats, args.warmup,
-                                    device, amp):
+        for row in train_step_times(localizer, tuple(args.nets), args.train_batch, args.train_size, args.repeats,
+                                    args.warmup, device, amp):
             print(row)
     else:
         print("\ntraining step: skipped on the CPU (GPU only here; bench/training_step.py times CPU steps)")

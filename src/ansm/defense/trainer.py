@@ -306,17 +306,16 @@ def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int,
     # passes, and it keeps DistributedDataParallel to one forward per backward)
     # (stage 1's pixel term needs ANSM(x_o) as well, but not V(ANSM(x_o)): the localizer sees only the first half)
     pixel_weight = cfg.ffa_pixel if stage == 1 else cfg.mgr_pixel
-    distill = teacher is not None and cfg.distill > 0
-    both = stage == 2 or pixel_weight > 0 or distill
+    distill = teacher if cfg.distill > 0 else None
+    both = stage == 2 or pixel_weight > 0 or distill is not None
     inputs = torch.cat([batch.x_a, batch.x_o]) if both else batch.x_a
     defended = ansm(inputs)
     pixel = (pixel_weight * 255 * pixel_denoiser_loss(defended[:b], defended[b:], batch.x_o) if pixel_weight > 0
              else None)
     terms = [] if pixel is None else [pixel]
-    if distill:
-        assert teacher is not None
+    if distill is not None:
         with torch.no_grad():
-            target = teacher(inputs)
+            target = distill(inputs)
         terms.append(cfg.distill * 255 * distill_loss(defended, target))
     if stage == 2 or need_ffa:  # (stage 1 with ffa_weight 0 aligns pixels only and never runs the localizer)
         tapper = FeatureTaps(localizer, taps) if need_ffa else None
