@@ -21,6 +21,14 @@ user to check on their own data). On a GPU (``--device cuda``) the times are tak
 ``--train-size``); on a CPU the training step is skipped (``bench/training_step.py`` times CPU training steps) and
 fp16 is refused.
 
+The allocator is held steady by default (``--malloc steady``, glibc only): freed memory stays in the process
+instead of large blocks being mapped fresh on every allocation and unmapped on every free. With glibc's defaults
+whether an 8-16 MB activation page-faults anew depends on the history of its dynamic mmap threshold, and the same
+ANSM forward at 512x512 took 48 ms in one process and 69 ms in the next, the localizer's moving too, so ratios
+taken that way wander by several points. Holding freed memory is what jemalloc and tcmalloc do (the allocators
+PyTorch's CPU performance guides recommend); it speeds the localizer up more than ANSM, so its ratios are the
+stricter ones. ``--malloc system`` leaves glibc's defaults.
+
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/ansm_latency.py [--sizes 512 1024] [--threads 1 2]``
 (GPU: ``python bench/ansm_latency.py --device cuda --amp bf16 --sizes 512 1024 2048``).
 """
@@ -29,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import statistics
 import time
 from typing import Callable
@@ -47,11 +57,24 @@ NETS: dict[str, dict] = {
     "fast": {"arch": "fast"},
     "w8-d13": {"width": 8, "dilations": (1, 3)},  # full resolution, width 8, dilations 1, 3
     "w8-d124": {"width": 8},  # full resolution, width 8, dilations 1, 2, 4
+    "w7-d13": {"width": 7, "dilations": (1, 3)},
     "w6-d13": {"width": 6, "dilations": (1, 3)},
     "w8-d2": {"width": 8, "dilations": (2,)},
 }
 LOCALIZERS: dict[str, dict] = {"twostream": DEFENDED_LOCALIZER_KWARGS, "mobilenet-unet": {}}
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def hold_freed_memory() -> str:
+    """glibc: serve every block from the heap (no mmap) and never trim it, so freed activations are reused."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return "system (no glibc mallopt here)"
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    if libc.mallopt(m_mmap_max, 0) != 1 or libc.mallopt(m_trim_threshold, 2**31 - 1) != 1:
+        return "system (mallopt refused)"
+    return "steady (glibc: no mmap, no trim)"
 
 
 def make_ansm(name: str, device: torch.device) -> ANSM:
@@ -148,7 +171,10 @@ def main() -> None:
     ap.add_argument("--localizer", default="twostream", choices=list(LOCALIZERS),
                     help="the defended localizer: the demo's twostream or the real preset's mobilenet-unet")
     ap.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS), help="ANSM networks to time")
+    ap.add_argument("--malloc", default="steady", choices=["steady", "system"],
+                    help="steady: keep freed memory in the process (module docstring); system: glibc's defaults")
     args = ap.parse_args()
+    malloc = hold_freed_memory() if args.malloc == "steady" else "system"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (run without --device on a CPU)")
     device = torch.device(args.device)
@@ -166,7 +192,7 @@ def main() -> None:
     threads = args.threads if device.type == "cpu" else [torch.get_num_threads()]
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
           f"dtype {args.amp if amp is not None else 'float32'}, batch 1, median of {args.repeats} interleaved rounds "
-          f"after {args.warmup} warm-up; localizer {args.localizer} {LOCALIZERS[args.localizer]}")
+          f"after {args.warmup} warm-up; localizer {args.localizer} {LOCALIZERS[args.localizer]}; allocator {malloc}")
     header = (f"{'size':>5} {'ANSM':<10} {'V ms':>9} {'ANSM ms':>10} {'V+ANSM ms':>11} {'V img/s':>9} "
               f"{'V+ANSM im/s':>11} {'ANSM/V':>7} {'share':>7}")
     for n in threads:

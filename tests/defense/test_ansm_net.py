@@ -42,6 +42,29 @@ def test_identity_at_initialisation(norm: str) -> None:
     assert torch.equal(ANSM(norm=norm)(x), x)
 
 
+@pytest.mark.parametrize("norm", ["none", "group"])
+def test_full_arch_is_the_written_formula(norm: str) -> None:
+    """The forward (convolutions over the parts instead of concatenations, tanh as a sigmoid) computes
+    ``clamp(x + eps_d * tanh(tail(cat[body(head(cat[(x - 0.5) * 4, hp])), hp])), 0, 1)``, gradients included
+    (in float64, so a wrong weight slice shows and float32 summation order does not)."""
+    torch.manual_seed(0)
+    net = ANSM(eps_d=8 / 255, width=8, dilations=(1, 3), norm=norm).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    x = torch.rand(2, 3, 19, 14, dtype=torch.float64, requires_grad=True)
+    hp = net.high_pass(x)
+    g = net.tail(torch.cat([net.body(net.head(torch.cat([(x - 0.5) * 4, hp], dim=1))), hp], dim=1))
+    ref = (x + net.eps_d * torch.tanh(g)).clamp(0, 1)
+    assert ref.sub(x).abs().max() > 0.5 * net.eps_d  # the weights move the image: the check is not vacuous
+    out = net(x)
+    assert torch.allclose(out, ref, atol=1e-10)
+    w = torch.rand_like(ref)
+    (grad_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    (grad_out,) = torch.autograd.grad((out * w).sum(), x)
+    assert torch.allclose(grad_out, grad_ref, atol=1e-9)
+
+
 def test_save_load_round_trip(tmp_path: Path) -> None:
     net = _scrambled(8 / 255)
     save_ansm(net, tmp_path / "ansm", note="x")

@@ -76,7 +76,14 @@ def high_pass(x: torch.Tensor, blur: torch.Tensor, scale: float) -> torch.Tensor
     """``(x - blur(x)) / scale`` with replicate padding: the band adversarial noise lives in (ANSM's input and
     the attack detector's)."""
     padded = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
-    return (x - nn.functional.conv2d(padded, blur, groups=3)) / scale
+    return torch.sub(x, nn.functional.conv2d(padded, blur, groups=3)).div_(scale)
+
+
+def _half_tanh(g: torch.Tensor) -> torch.Tensor:
+    """``tanh(g) / 2``, computed as ``sigmoid(2 g) - 1/2`` (the same function): on a CPU torch's tanh took 2.0 ms
+    on 3x512x512 against 0.3 ms for sigmoid, a sixth of a small ANSM's forward. Exactly 0 at ``g = 0`` (the
+    zero-init identity stays exact)."""
+    return torch.sigmoid(2 * g) - 0.5
 
 
 class ResidualBlock(nn.Module):
@@ -205,13 +212,22 @@ class ANSM(nn.Module):
             out = nn.functional.conv2d(padded, k, b)
             out += self.up(feats)[..., :h, :w]
             return out
+        # head(cat([centred x, hp])) and tail(cat([feats, hp])) as sums of convolutions over the parts, with the
+        # same weights: a channel concatenation of channels-last tensors is a slow interleaving copy on a CPU
+        # (1.7 ms for 6x512x512 against 0.2 ms in NCHW), and each part's convolution costs less than the whole
         hp = self.high_pass(x)
-        feats = self.body(self.head(torch.cat([(x - 0.5) * 4.0, hp], dim=1)))
-        return self.tail(torch.cat([feats, hp], dim=1))
+        head_conv = self.head[0]
+        h = nn.functional.conv2d(torch.sub(x, 0.5).mul_(4.0), head_conv.weight[:, :3], head_conv.bias, padding=1)
+        h += nn.functional.conv2d(hp, head_conv.weight[:, 3:], padding=1)
+        feats = self.body(self.head[2](self.head[1](h)))
+        width = feats.shape[1]
+        out = nn.functional.conv2d(feats, self.tail.weight[:, :width], self.tail.bias, padding=1)
+        out += nn.functional.conv2d(hp, self.tail.weight[:, width:], padding=1)
+        return out
 
     def perturbation(self, x: torch.Tensor) -> torch.Tensor:
         """The defensive perturbation before clamping, ``eps_d * tanh(g(x))``, bounded by ``eps_d``."""
-        return self.eps_d * torch.tanh(self.g(x))
+        return 2 * self.eps_d * _half_tanh(self.g(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -220,7 +236,7 @@ class ANSM(nn.Module):
         # (bench/training_step.py: a pixel-alignment step 69 vs 96 ms on 2 cores)
         x = x.contiguous(memory_format=torch.channels_last)
         # x + eps_d * tanh(g) in one op, clamped in place (autograd's clamp_ gradient is the out-of-place one)
-        return torch.add(x, torch.tanh(self.g(self._noisy(x))), alpha=self.eps_d).clamp_(0, 1)
+        return torch.add(x, _half_tanh(self.g(self._noisy(x))), alpha=2 * self.eps_d).clamp_(0, 1)
 
     @property
     def stochastic(self) -> bool:
