@@ -8,6 +8,8 @@ on 96 ``val`` images (photos and scenes of neither train nor test; ``ansm.data.s
     python experiments/demo_val.py            # runs (resumable) and prints the table
     python experiments/demo_val.py --docs     # also writes the table into docs/ansm.md
     python experiments/demo_val.py --only pixel-mgr-the-demo-s --only stage-1-only-2800-steps  # in pieces
+    python experiments/demo_val.py --table cheap [--docs]   # cheaper ANSM networks against the default, on val
+    python experiments/demo_val.py --table test [--docs]    # the one chosen there and the default, once on test
 
 Work goes to ``runs/experiments/demo-val/<variant>`` (each variant a resumable demo run; the localizer and the
 attack sets are built once and copied). About 5-6 minutes per variant on 2 CPU cores (stage 2 only at 2800 steps:
@@ -106,6 +108,10 @@ for _name in SEEDED:
     for _s in SEEDS:
         CHEAP[f"{_name} (ANSM seed {_s})"] = {**CHEAP[_name], "ansm_seed": _s}
 ROWS = {**VARIANTS, **CHEAP}
+# The cheaper network chosen on val (docs/ansm.md) and the default it replaces, each seed's trained ANSM scored once
+# on ``test`` (``--table test``): no choice is made from these numbers.
+CHOSEN = f"stage 2 only ({4 * WALL_STEPS} steps), full ANSM width 8, dilation 2"
+TEST_ROWS = {name: o for name, o in CHEAP.items() if re.sub(r" \(ANSM seed \d+\)$", "", name) in (TEACHER, CHOSEN)}
 ATTACKS = ("pgd", "fgsm", "pgd-4/255", "pgd-12/255", "pgd-l2", "mifgsm", "segpgd", "cw-l2", "pgd-hide")
 
 
@@ -132,6 +138,22 @@ def run_variant(name: str, overrides: dict, first: Path | None, rerun: bool = Fa
         return json.loads(report.read_text())
     cfg = DemoConfig(out=str(out), eval_split="val", shared="none", **overrides)
     print(f"== {name}: {out}", flush=True)
+    return run_demo(cfg, log=lambda m: print("  " + m, flush=True))
+
+
+def test_variant(name: str, overrides: dict) -> dict:
+    """Score a row's trained ANSM on ``test``: its localizer, attack sets and ANSM copied, nothing trained again."""
+    src, out = OUT / _slug(name), OUT / "test" / _slug(name)
+    report = out / "report.json"
+    if report.is_file():
+        return json.loads(report.read_text())
+    if not (src / "ansm" / "ansm.json").is_file():
+        raise SystemExit(f"{name}: not trained yet (python experiments/demo_val.py --table cheap trains it)")
+    for part in ("localizer", "attack-pgd", "attack-fgsm", "ansm"):
+        if not (out / part).exists():
+            shutil.copytree(src / part, out / part)
+    print(f"== {name} on test: {out}", flush=True)
+    cfg = DemoConfig(out=str(out), eval_split="test", shared="none", **overrides)
     return run_demo(cfg, log=lambda m: print("  " + m, flush=True))
 
 
@@ -165,7 +187,7 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n\n" + note
 
 
-def cheap_table(results: dict[str, dict]) -> str:
+def cheap_table(results: dict[str, dict], split: str = "val") -> str:
     """One row per network and recipe: its seeds' mean (+- sd where there are several) of clean+ANSM F1, of the
     mean recovery (the selection score) and of each attack's recovery."""
     groups: dict[str, list[dict]] = {}
@@ -187,7 +209,8 @@ def cheap_table(results: dict[str, dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     a = next(iter(results.values()))["attacks"]
     h = next(iter(results.values()))["heldout"]
-    note = (f"`python experiments/demo_val.py --table cheap`: {h['n_images']} `val` images ({h['n_forged']} forged), "
+    command = "--table cheap" if split == "val" else "--table test"
+    note = (f"`python experiments/demo_val.py {command}`: {h['n_images']} `{split}` images ({h['n_forged']} forged), "
             f"64x64; bare localizer clean F1 {a['pgd']['f1_clean']:.3f}. Every row: the demo's recipe (stage 2 alone, "
             f"MgR + pixel term from the identity, batch 16, the PGD-10 and FGSM 8/255 attack sets; the other seven "
             f"attacks are unseen) with the steps its name gives; recovery as in the table above (a missing one counts "
@@ -198,13 +221,23 @@ def cheap_table(results: dict[str, dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", action="store_true", help="write the table into docs/ansm.md")
-    ap.add_argument("--table", choices=["recipes", "cheap"], default="recipes",
-                    help="recipes: the demo's recipe against its alternatives; cheap: cheaper ANSM networks")
+    ap.add_argument("--table", choices=["recipes", "cheap", "test"], default="recipes",
+                    help="recipes: the demo's recipe against its alternatives; cheap: cheaper ANSM networks; test: "
+                    "the cheaper network chosen on val and the default, scored once on test")
     ap.add_argument("--only", action="append", help="run just this variant (by its slug; repeatable): in pieces")
     ap.add_argument("--rerun", action="store_true", help="evaluate finished variants again instead of reading "
                     "their report.json")
     args = ap.parse_args()
     results = {}
+    if args.table == "test":
+        for name, overrides in TEST_ROWS.items():
+            if not args.only or _slug(name) in args.only:
+                results[name] = test_variant(name, overrides)
+        text = cheap_table(results, split="test")
+        print(text)
+        if args.docs:
+            update_readme_section("cheap-ansm-test", text, REPO / "docs" / "ansm.md")
+        return
     base = OUT / _slug(TEACHER)  # a finished row's localizer and attack sets serve every other row
     first = base if (base / "attack-fgsm" / "attack.json").is_file() else None
     rows = CHEAP if args.table == "cheap" else VARIANTS
