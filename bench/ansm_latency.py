@@ -51,13 +51,13 @@ from ansm.demo import DEFENDED_LOCALIZER_KWARGS
 from ansm.models import create_localizer
 
 # The ANSM networks measured (name -> ANSM keyword arguments): the default, the fast arch, and the cheaper
-# variants compared on val by experiments/demo_val.py. ``--nets`` picks a subset.
+# variants compared on val by experiments/demo_val.py (w8-d2 is the one chosen there). ``--nets`` picks a subset.
 NETS: dict[str, dict] = {
     "full": {},
     "fast": {"arch": "fast"},
     "w8-d13": {"width": 8, "dilations": (1, 3)},  # full resolution, width 8, dilations 1, 3
     "w8-d124": {"width": 8},  # full resolution, width 8, dilations 1, 2, 4
-    "w7-d13": {"width": 7, "dilations": (1, 3)},
+    "w7-d13": {"width": 7, "dilations": (1, 3)},  # timed only (18% of the localizer at 512, 1 thread): not trained
     "w6-d13": {"width": 6, "dilations": (1, 3)},
     "w8-d2": {"width": 8, "dilations": (2,)},
 }
