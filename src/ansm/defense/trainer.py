@@ -349,13 +349,11 @@ def _baseline_loss(ansm: nn.Module, localizer: nn.Module, batch: Batch, taps: li
 
 
 def load_teacher(path: str, device: torch.device) -> ANSM:
-    """The trained ANSM a cheaper one is distilled from: eval mode, frozen (a checkpoint, never pickled code)."""
+    """The trained ANSM a cheaper one is distilled from, frozen like the localizer (a checkpoint, never pickled
+    code)."""
     from ansm.defense.ansm_net import load_ansm
 
-    teacher, _ = load_ansm(path)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher.to(device)
+    return freeze(load_ansm(path)[0]).to(device)
 
 
 def freeze(localizer: nn.Module) -> nn.Module:
