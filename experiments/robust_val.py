@@ -14,6 +14,8 @@ winner is what ``BenchmarkConfig``'s ``robust_*`` defaults are; ``test`` is not 
     python experiments/robust_val.py --docs          # also writes it into docs/benchmark.md
     python experiments/robust_val.py --only plain --only df1-kl1   # in pieces
     python experiments/robust_val.py --only plain --only df1-kl0 --only stoch-4 --only stoch-8 --only stoch-16 --docs
+    python experiments/robust_val.py --only plain --only df1-kl0 --only advft --only plain-x4 --only df1-kl0-x4 \
+        --only advft-x4 --docs                       # the budget probe: does 4x the steps help either side?
 
 ``--docs`` writes each table (robust recipe; stochastic ANSM) whose every row has finished, in this run or an earlier
 one (each variant's ``summary.json``).
@@ -49,6 +51,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # (4x the steps; the rule's cheaper-on-ties clause keeps it from winning a tie)
     "df1-kl0-x4": ("ansm-robust", {"robust_defended_fraction": 1.0, "robust_clean_kl": 0.0,
                                    "ansm_stage1_steps": 160, "ansm_stage2_steps": 720}),
+    # the budget probe (table "budget-val"): PGD adversarial fine-tuning of the localizer at the same step budget,
+    # and all three at 4x the steps (the fine-tuning's budget follows ANSM's: BenchmarkConfig.advft_budget)
+    "advft": ("adv-finetune", {}),
+    "plain-x4": ("ansm", {"ansm_stage1_steps": 160, "ansm_stage2_steps": 720}),
+    "advft-x4": ("adv-finetune", {"ansm_stage1_steps": 160, "ansm_stage2_steps": 720}),
     # the stochastic ANSM (the chosen robust recipe with Gaussian noise of std sigma on ANSM's input), scored as the
     # mean over 8 passes and attacked with EOT over 20 draws per step and with the noise fixed (worst per image)
     "stoch-4": ("ansm-stochastic", {"stochastic_noise_std": 4 / 255}),
@@ -58,7 +65,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 CLEAN_TOL = 0.03
 # the two tables of docs/benchmark.md: the robust recipe, then the stochastic ANSM's sigma next to its sigma = 0
 TABLES = {"robust-val": ("plain", "df1-kl1", "df0.5-kl1", "df1-kl0", "df1-kl1-pgd5"),
-          "stochastic-val": ("plain", "df1-kl0", "stoch-4", "stoch-8", "stoch-16")}
+          "stochastic-val": ("plain", "df1-kl0", "stoch-4", "stoch-8", "stoch-16"),
+          "budget-val": ("plain", "df1-kl0", "advft", "plain-x4", "df1-kl0-x4", "advft-x4")}
 
 
 def run_variant(name: str) -> dict:
@@ -100,8 +108,9 @@ def choose(rows: list[dict]) -> str:
     return min(tied, key=lambda r: r["train_s"] or 0)["variant"]
 
 
-def table(rows: list[dict]) -> str:
-    winner = choose(rows)
+def table(rows: list[dict], choosing: bool = True) -> str:
+    """The rows as markdown; with ``choosing``, the rule's winner in bold (the budget probe chooses nothing)."""
+    winner = choose(rows) if choosing else None
     lines = ["| variant | clean F1 (bare {:.3f}) | oblivious PGD-10 8/255 | adaptive 4/255 | adaptive 8/255 | "
              "train s | failed checks |".format(rows[0]["clean_bare"]), "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -122,7 +131,7 @@ def main() -> None:
         rows = [_finished(n) for n in names]  # run_variant wrote each summary.json
         if any(r is None for r in rows):  # a table is written only whole
             continue
-        text = table(rows)
+        text = table(rows, choosing=section != "budget-val")
         print(f"{section}:\n{text}")
         if args.docs:
             update_readme_section(section, text, REPO / "docs" / "benchmark.md")

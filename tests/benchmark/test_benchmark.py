@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -73,11 +75,16 @@ def test_sanity_checks_run_and_numbers_are_consistent(tiny_run) -> None:
         assert w["f1"] <= min(singles) + 1e-9
 
 
-def test_resume_reuses_cells_and_refuses_a_changed_config(tiny_run, trained_localizer_path) -> None:
+def test_resume_reuses_cells_and_refuses_a_changed_config(tiny_run, trained_localizer_path, tmp_path) -> None:
     cfg, report = tiny_run
     again = run_benchmark(cfg, log=lambda _s: None)
     assert again["rows"] == report["rows"]
     assert again["timings_s"]["attacks"] < 5
+    # a moved folder (another `out`) is the same run: it resumes instead of being refused
+    moved = tmp_path / "moved"
+    shutil.copytree(cfg.out, moved)
+    resumed = run_benchmark(dataclasses.replace(cfg, out=str(moved)), log=lambda _s: None)
+    assert resumed["rows"] == report["rows"] and resumed["timings_s"]["attacks"] < 5
     changed = preset_config("quick", out=cfg.out, localizer=str(trained_localizer_path), **{**TINY, "adaptive_steps": 5,
                                                                                              "steps_curve": [1, 5]})
     with pytest.raises(CheckpointError, match="adaptive_steps"):
@@ -144,6 +151,12 @@ def test_presets_quick_and_full_exist_and_differ() -> None:
     quick, full = preset_config("quick"), preset_config("full")
     assert full.adaptive_steps >= 100 and full.adaptive_restarts >= 2 and full.ansm_seeds >= 3
     assert quick.adaptive_steps >= 100 and math.isclose(quick.eps_main, 8 / 255)
+    # the informed preset: the side by side (3 seeds, restarts, 2/4/8 /255) at the quick preset's sizes
+    informed = preset_config("informed")
+    assert {"ansm", "ansm-robust", "adv-finetune"} <= set(informed.defenses) and "adaptive" in informed.threats
+    assert informed.ansm_seeds == informed.baseline_seeds == 3 and informed.adaptive_restarts >= 2
+    assert [round(e * 255) for e in informed.adaptive_eps] == [2, 4, 8] and informed.size == quick.size
+    assert informed.advft_budget == informed.ansm_stage1_steps + informed.ansm_stage2_steps  # equal step budgets
 
 
 def test_budget_lists_accept_one_value_or_a_comma_separated_string() -> None:

@@ -167,6 +167,14 @@ PRESETS: dict[str, dict[str, Any]] = {
              "square_queries": 1000,
              "adaptive_restarts": 3, "adaptive_eps": [2 / 255, 4 / 255, 8 / 255, 16 / 255],
              "steps_curve": [1, 2, 5, 10, 20, 50, 100, 200], "batch_size": 32},
+    # Attackers who know the defense (docs/benchmark.md): the quick preset's sizes and budgets, with the plain ANSM,
+    # the robust ANSM and PGD adversarial fine-tuning of the localizer side by side at equal step budgets, 3 seeds of
+    # each, under oblivious, gray-box and white-box adaptive attacks (PGD-100, 2 restarts per objective) at 2, 4
+    # and 8 /255.
+    "informed": {"out": "runs/benchmark-informed", "ansm_seeds": 3, "baseline_seeds": 3,
+                 "defenses": ["none", "ansm", "ansm-robust", "adv-finetune"],
+                 "threats": ["oblivious", "gray-box", "adaptive"], "adaptive_restarts": 2,
+                 "adaptive_eps": [2 / 255, 4 / 255, 8 / 255]},
 }
 
 

@@ -26,8 +26,9 @@ from ansm.eval.metrics import LocalizationMeter
 from ansm.utils import resolve_device, seeded_generator, write_json_atomic
 
 _PER_IMAGE = ("names", "forged", "f1", "iou", "auc", "fp_rate")  # what a cell file keeps per image
-# Settings that may change between a run and its resumption (they do not change any number).
-_RESUME_FREE = ("device", "batch_size", "preset", "tolerance", "check_margin", "unbounded_f1_max")
+# Settings that may change between a run and its resumption (they do not change any number; `out` may be spelled
+# relative or absolute, or the folder moved).
+_RESUME_FREE = ("out", "device", "batch_size", "preset", "tolerance", "check_margin", "unbounded_f1_max")
 
 
 @dataclass(frozen=True)
