@@ -59,7 +59,7 @@ def _clean_per_seed(report: dict, group: str) -> dict[str, float]:
 
 
 def _failed(report: dict, group: str) -> list[str]:
-    pattern = re.compile(rf"(^|\s){re.escape(group)}(-s\d+)?(\s|$)")
+    pattern = re.compile(rf"(^|\s){re.escape(group)}(@s\d+)?(\s|$)")
     return sorted({c["check"] for c in report["checks"]["results"] if not c["ok"] and pattern.search(c["subject"])})
 
 

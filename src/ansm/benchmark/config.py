@@ -1,6 +1,6 @@
 """What a benchmark run is: one dataclass, two presets.
 
-``quick`` is sized for 2 CPU cores in about half an hour (64x64 held-out synthetic images of the test split,
+``quick`` is sized for 2 CPU cores in about an hour and a half (95 min measured) (64x64 held-out synthetic images of the test split,
 the demo's localizer recipe, the benchmark's own ANSM recipe "online FFA + MgR", fewer seeds and restarts, each
 cut said in the report); ``full`` is the same grid at the sizes a paper table needs, for a GPU. Every field can be overridden on top of a preset (``ansm benchmark --preset quick
 --set adaptive_steps=200``).
@@ -156,7 +156,7 @@ def _eps_list(name: str, value: Any) -> list[float]:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 2 CPU cores, ~30 min: 32 held-out 64x64 images, 2 ANSM seeds, 1 seed per baseline, adaptive PGD 100
+    # 2 CPU cores, ~95 min: 32 held-out 64x64 images, 2 ANSM seeds, 1 seed per baseline, adaptive PGD 100
     # steps x 1 restart per objective at 4/255 and 8/255 (the adaptive attacks are ~half of the run time).
     "quick": {},
     # One GPU: 200 held-out 128x128 images, the default train-localizer recipe, 3 seeds of everything,
