@@ -1,9 +1,11 @@
-"""What a benchmark run is: one dataclass, two presets.
+"""What a benchmark run is: one dataclass, three presets.
 
-``quick`` is sized for 2 CPU cores in about an hour and a half (95 min measured) (64x64 held-out synthetic images of the test split,
-the demo's localizer recipe, the benchmark's own ANSM recipe "online FFA + MgR", fewer seeds and restarts, each
-cut said in the report); ``full`` is the same grid at the sizes a paper table needs, for a GPU. Every field can be overridden on top of a preset (``ansm benchmark --preset quick
---set adaptive_steps=200``).
+``quick`` is sized for 2 CPU cores in about an hour and a half (95 min measured): 64x64 held-out synthetic images
+of the test split, the demo's localizer recipe, the benchmark's own ANSM recipe "online FFA + MgR", fewer seeds and
+restarts, each cut said in the report. ``full`` is the same grid at the sizes a paper table needs, for a GPU.
+``informed`` is quick's sizes with the defenses an informed attacker is tested against (plain and robust ANSM,
+adversarial fine-tuning), 3 seeds each. Every field can be overridden on top of a preset (``ansm benchmark --preset
+quick --set adaptive_steps=200``).
 """
 
 from __future__ import annotations
