@@ -14,8 +14,8 @@ winner is what ``BenchmarkConfig``'s ``robust_*`` defaults are; ``test`` is not 
     python experiments/robust_val.py --docs          # also writes it into docs/benchmark.md
     python experiments/robust_val.py --only plain --only df1-kl1   # in pieces
     python experiments/robust_val.py --only plain --only df1-kl0 --only stoch-4 --only stoch-8 --only stoch-16 --docs
-    python experiments/robust_val.py --only plain --only df1-kl0 --only advft --only plain-x4 --only df1-kl0-x4 \
-        --only advft-x4 --docs                       # the budget probe: does 4x the steps help either side?
+    python experiments/robust_val.py --only plain --only df1-kl0 --only df1-kl0-px --only advft --only plain-x4 \
+        --only df1-kl0-x4 --only advft-x4 --docs     # probes: the pixel anchor; does 4x the steps help either side?
 
 ``--docs`` writes each table (robust recipe; stochastic ANSM) whose every row has finished, in this run or an earlier
 one (each variant's ``summary.json``).
@@ -47,11 +47,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "df0.5-kl1": ("ansm-robust", {"robust_defended_fraction": 0.5, "robust_clean_kl": 1.0}),
     "df1-kl0": ("ansm-robust", {"robust_defended_fraction": 1.0, "robust_clean_kl": 0.0}),
     "df1-kl1-pgd5": ("ansm-robust", {"robust_defended_fraction": 1.0, "robust_clean_kl": 1.0, "robust_pgd_steps": 5}),
+    # the pixel term anchors ANSM to the clean image: without it, df1-kl0 collapsed into a constant colour shift
+    # (summary "saturated" / "passed": ANSM at its eps_d bound, and the share of random noise it lets through)
+    "df1-kl0-px": ("ansm-robust", {"robust_defended_fraction": 1.0, "robust_clean_kl": 0.0, "robust_pixel": 0.125}),
     # a probe, not an equal-budget variant: is the benchmark's budget what holds adversarial training back?
     # (4x the steps; the rule's cheaper-on-ties clause keeps it from winning a tie)
     "df1-kl0-x4": ("ansm-robust", {"robust_defended_fraction": 1.0, "robust_clean_kl": 0.0,
                                    "ansm_stage1_steps": 160, "ansm_stage2_steps": 720}),
-    # the budget probe (table "budget-val"): PGD adversarial fine-tuning of the localizer at the same step budget,
+    # the budget probe (table "probes-val"): PGD adversarial fine-tuning of the localizer at the same step budget,
     # and all three at 4x the steps (the fine-tuning's budget follows ANSM's: BenchmarkConfig.advft_budget)
     "advft": ("adv-finetune", {}),
     "plain-x4": ("ansm", {"ansm_stage1_steps": 160, "ansm_stage2_steps": 720}),
@@ -66,7 +69,7 @@ CLEAN_TOL = 0.03
 # the two tables of docs/benchmark.md: the robust recipe, then the stochastic ANSM's sigma next to its sigma = 0
 TABLES = {"robust-val": ("plain", "df1-kl1", "df0.5-kl1", "df1-kl0", "df1-kl1-pgd5"),
           "stochastic-val": ("plain", "df1-kl0", "stoch-4", "stoch-8", "stoch-16"),
-          "budget-val": ("plain", "df1-kl0", "advft", "plain-x4", "df1-kl0-x4", "advft-x4")}
+          "probes-val": ("plain", "df1-kl0", "df1-kl0-px", "advft", "plain-x4", "df1-kl0-x4", "advft-x4")}
 
 
 def run_variant(name: str) -> dict:
@@ -101,6 +104,7 @@ def summarise(name: str, group: str, report: dict) -> dict:
 
 
 def choose(rows: list[dict]) -> str:
+    rows = [r for r in rows if VARIANTS[r["variant"]][0] == "ansm-robust"]  # the plain ANSM is the reference
     ok = [r for r in rows if r["clean_bare"] - r["clean"] <= CLEAN_TOL]
     pool = ok or rows
     best = max((r["adaptive4"] + r["adaptive8"]) / 2 for r in pool)
@@ -108,15 +112,43 @@ def choose(rows: list[dict]) -> str:
     return min(tied, key=lambda r: r["train_s"] or 0)["variant"]
 
 
+def anchoring(name: str) -> tuple[float, float] | None:
+    """What the variant's ANSM (seed 0) does to 32 val images: the share of pixels it moves to within 5% of its
+    eps_d bound (tanh saturated), and the share of random sign noise (4/255) it lets through,
+    <ANSM(x + d) - ANSM(x), d> / <d, d> (1: the noise passes untouched, as through a constant shift). None for a
+    variant without an ANSM."""
+    import torch
+
+    from ansm.data.datasets import open_data
+    from ansm.defense.ansm_net import load_ansm
+
+    group = VARIANTS[name][0]
+    path = OUT / name / "models" / f"{group}-s0" / "ansm"
+    if not path.with_suffix(".json").is_file():
+        return None
+    ansm = load_ansm(path)[0].eval()
+    data = open_data(COMMON["data"], size=64, seed=0)
+    x = torch.stack([data[i]["image"] for i in range(len(data))])
+    d = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)).float().mul(2).sub(1) * 4 / 255
+    with torch.no_grad():
+        y, y_d = ansm(x), ansm(x + d)
+    saturated = ((y - x).abs() > 0.95 * ansm.eps_d).float().mean().item()
+    return saturated, ((y_d - y) * d).sum().item() / (d * d).sum().item()
+
+
 def table(rows: list[dict], choosing: bool = True) -> str:
     """The rows as markdown; with ``choosing``, the rule's winner in bold (the budget probe chooses nothing)."""
     winner = choose(rows) if choosing else None
     lines = ["| variant | clean F1 (bare {:.3f}) | oblivious PGD-10 8/255 | adaptive 4/255 | adaptive 8/255 | "
-             "train s | failed checks |".format(rows[0]["clean_bare"]), "|---|---|---|---|---|---|---|"]
+             "train s | ANSM at its bound | noise let through | failed checks |".format(rows[0]["clean_bare"]),
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         label = f"**{r['variant']}** (chosen)" if r["variant"] == winner else r["variant"]
+        anchor = anchoring(r["variant"])
         lines.append(f"| {label} | {r['clean']:.3f} | {r['oblivious_pgd8']:.3f} | {r['adaptive4']:.3f} | "
-                     f"{r['adaptive8']:.3f} | {r['train_s']:.0f} | {', '.join(r['checks_failed']) or 'none'} |")
+                     f"{r['adaptive8']:.3f} | {r['train_s']:.0f} | "
+                     + (f"{anchor[0]:.2f} | {anchor[1]:.2f}" if anchor else "- | -")
+                     + f" | {', '.join(r['checks_failed']) or 'none'} |")
     return "\n".join(lines)
 
 
@@ -131,7 +163,7 @@ def main() -> None:
         rows = [_finished(n) for n in names]  # run_variant wrote each summary.json
         if any(r is None for r in rows):  # a table is written only whole
             continue
-        text = table(rows, choosing=section != "budget-val")
+        text = table(rows, choosing=section != "probes-val")
         print(f"{section}:\n{text}")
         if args.docs:
             update_readme_section(section, text, REPO / "docs" / "benchmark.md")

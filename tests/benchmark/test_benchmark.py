@@ -85,6 +85,13 @@ def test_resume_reuses_cells_and_refuses_a_changed_config(tiny_run, trained_loca
     shutil.copytree(cfg.out, moved)
     resumed = run_benchmark(dataclasses.replace(cfg, out=str(moved)), log=lambda _s: None)
     assert resumed["rows"] == report["rows"] and resumed["timings_s"]["attacks"] < 5
+    # a run started before a setting existed used its default: it resumes at the default, and is refused at another
+    saved = json.loads((moved / "benchmark.json").read_text())
+    del saved["config"]["robust_pixel"]
+    (moved / "benchmark.json").write_text(json.dumps(saved))
+    assert run_benchmark(dataclasses.replace(cfg, out=str(moved)), log=lambda _s: None)["rows"] == report["rows"]
+    with pytest.raises(CheckpointError, match="robust_pixel"):
+        run_benchmark(dataclasses.replace(cfg, out=str(moved), robust_pixel=0.5), log=lambda _s: None)
     changed = preset_config("quick", out=cfg.out, localizer=str(trained_localizer_path), **{**TINY, "adaptive_steps": 5,
                                                                                              "steps_curve": [1, 5]})
     with pytest.raises(CheckpointError, match="adaptive_steps"):

@@ -61,6 +61,10 @@ class BenchmarkConfig:
     robust_pgd_steps: int = 3
     robust_curriculum: float = 0.5
     robust_clean_kl: float = 0.0
+    # weight of the pixel term L1(ANSM(x_a), x_o) + L1(ANSM(x_o), x_o) (TrainANSMConfig.mgr_pixel and ffa_pixel, in
+    # 1/255 units) in the robust recipe: it anchors ANSM to the clean image where the min-max alone let it collapse
+    # into a constant colour shift (docs/benchmark.md, "Attackers who know ANSM")
+    robust_pixel: float = 0.0
     # The stochastic ANSM ("ansm-stochastic", opt-in): the robust recipe with Gaussian noise of this std on ANSM's
     # network input (ansm_net.py), in training and at inference; the analyst's mask is the mean probability over
     # `stochastic_samples` passes, and white-box attackers average `eot_samples` draws per step (EOT) or fix one.
@@ -127,7 +131,7 @@ class BenchmarkConfig:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         # NaN passes every comparison above: ansm.validate refuses it in every float field
-        check_fields(self, "--set {name}", non_negative=("tolerance", "robust_clean_kl"), positive=("blur_sigma",),
+        check_fields(self, "--set {name}", non_negative=("tolerance", "robust_clean_kl", "robust_pixel"), positive=("blur_sigma",),
                      fraction=("robust_defended_fraction", "robust_curriculum", "stochastic_noise_std"),
                      non_negative_int=("ansm_stage1_steps", "ansm_stage2_steps"),
                      positive_int=("loc_batch", "loc_pool", "ansm_batch", "ansm_pool", "median_size", "bit_depth",

@@ -171,7 +171,8 @@ def robust_recipe(cfg: BenchmarkConfig) -> dict[str, Any]:
     """TrainANSMConfig fields of the robust ANSM (on top of the plain ANSM's steps, batch, pool and eps_d)."""
     total = cfg.ansm_stage1_steps + cfg.ansm_stage2_steps
     return {"defended_fraction": cfg.robust_defended_fraction, "pgd_steps": cfg.robust_pgd_steps,
-            "curriculum": round(cfg.robust_curriculum * total), "clean_kl": cfg.robust_clean_kl}
+            "curriculum": round(cfg.robust_curriculum * total), "clean_kl": cfg.robust_clean_kl,
+            "mgr_pixel": cfg.robust_pixel, "ffa_pixel": cfg.robust_pixel}
 
 
 def ansm_recipe(group: str, cfg: BenchmarkConfig) -> tuple[str, dict[str, Any]]:

@@ -65,8 +65,10 @@ def _check_resume(out: Path, cfg: BenchmarkConfig) -> None:
     now = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
     if path.is_file():
         saved = json.loads(path.read_text()).get("config", {})
+        # a setting added to BenchmarkConfig after the run started reads as its default (what the run used)
+        defaults = BenchmarkConfig(out=cfg.out).to_dict()
         for key, value in now.items():
-            if saved.get(key) != value:
+            if saved.get(key, defaults[key]) != value:
                 raise CheckpointError(f"{out}: holds a benchmark run with {key}={saved.get(key)!r}, now {value!r} "
                                       "(use a new --out)")
     else:
