@@ -85,3 +85,27 @@ def test_robust_run_trains_and_its_settings_are_resume_keys(tiny_cfg, trained_lo
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     with pytest.raises(CheckpointError, match="defended_fraction"):
         train_ansm(TrainANSMConfig(**{**cfg, "defended_fraction": 0.5}), trained_localizer)
+
+
+def test_perturbation_profile_tells_a_collapsed_ansm_from_a_denoiser() -> None:
+    from ansm.defense.ansm_net import ANSM
+    from ansm.defense.evaluate import perturbation_profile
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(32, 224, (2, 3, 24, 24), generator=g).float() / 255  # away from 0 and 1: no clamping
+    identity = ANSM(16 / 255, width=4, dilations=[1])  # untrained: zero output layer
+    assert perturbation_profile(identity, x) == pytest.approx({"mean_abs": 0.0, "at_bound": 0.0, "let_through": 1.0})
+    shifted = ANSM(16 / 255, width=4, dilations=[1])
+    with torch.no_grad():
+        shifted.tail.bias.fill_(20.0)  # tanh saturated everywhere: x + eps_d, a constant colour shift
+    collapsed = perturbation_profile(shifted, x)
+    assert collapsed["mean_abs"] == pytest.approx(16.0, abs=1e-3) and collapsed["at_bound"] == 1.0
+    assert collapsed["let_through"] == pytest.approx(1.0, abs=1e-4)
+
+    class Smoother(nn.Module):  # removes every pixel's deviation from its 3x3 neighbourhood mean
+        eps_d = 1.0
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return nn.functional.avg_pool2d(z, 3, stride=1, padding=1, count_include_pad=False)
+
+    assert perturbation_profile(Smoother(), x)["let_through"] < 0.2

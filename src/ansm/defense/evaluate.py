@@ -50,6 +50,26 @@ class AttackSpec:
     reference: str | None = None  # adaptive attacks: the attack (by name) whose bare-localizer F1 is recovery's reference
 
 
+@torch.no_grad()
+def perturbation_profile(ansm: nn.Module, x: torch.Tensor, noise_eps: float = 4 / 255, seed: int = 0) -> dict[str, float]:
+    """What a trained ANSM does to images ``x``, beyond F1: a collapsed one shows here first.
+
+    * ``mean_abs``: mean |ANSM(x) - x|, in 1/255 units;
+    * ``at_bound``: share of pixel values moved to within 5% of eps_d (tanh saturated: no gradient reaches g there);
+    * ``let_through``: the share of random sign noise ``d`` of size ``noise_eps`` that survives ANSM,
+      ``<ANSM(x + d) - ANSM(x), d> / <d, d>``: 1 for the identity or a constant shift (an attacker's noise passes
+      untouched), below 1 where ANSM removes noise.
+
+    The adversarially trained ANSM of the benchmark's quick budget collapsed into a constant colour shift (at_bound
+    up to 1.0, let_through 1.00) while its F1 looked like the bare localizer's (docs/benchmark.md)."""
+    d = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(seed)).to(x).mul_(2).sub_(1) * noise_eps
+    y, y_d = ansm(x), ansm(x + d)
+    move = (y - x).abs()
+    return {"mean_abs": move.mean().item() * 255,
+            "at_bound": (move > 0.95 * float(ansm.eps_d)).float().mean().item(),
+            "let_through": ((y_d - y) * d).sum().item() / (d * d).sum().item()}
+
+
 def recovery(f1_clean: float, f1_adv: float, f1_def: float) -> float | None:
     """Share of the F1 the attack took away that the defense gives back (None if nothing was taken away)."""
     gap = f1_clean - f1_adv
