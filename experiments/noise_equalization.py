@@ -2,14 +2,14 @@
 equalization attack, scored on every defense of the ``informed`` benchmark (issue 14).
 
 The synthetic forgeries' strongest trace is a noise-level mismatch (``ansm.data.synth``: the host's camera noise
-has std 0.5-2.5 /255, the manipulated region's differs by 4-10 /255). A forger who adds noise to the quieter side
-closes that gap: random signs of size eps, ``x + eps * s`` on the side whose high-pass residual is weaker (the
-attacker estimates it from the image and the mask, no localizer involved), then 8-bit rounding. Once the gap is
-closed the noise-level evidence is gone from the image itself, so no defense in front of the localizer (and no
-localizer) can bring it back; only the other traces (blur, resampling, JPEG) remain. The attack needs no gradient
-and no knowledge of the defense, so where it takes F1 down, a white-box attacker can do at least as well.
+has std 0.5-2.5 /255, the manipulated region's differs by 4-10 /255). The ``noise-equalize`` attack
+(``ansm.attacks.equalize``) is what a forger does about it: random signs of size eps on the side of the mask whose
+high-pass residual is weaker, no localizer involved. Where it closes the gap, the noise-level evidence is gone from
+the image itself, so no defense in front of the localizer (and no localizer) can bring it back; only the other
+traces (blur, resampling, JPEG) remain. It needs no gradient and no knowledge of the defense, so where it takes F1
+down, a white-box attacker can do at least as well.
 
-Rows: the same attack without the mask (signs on the whole image: noise, not equalization) as the control.
+Beside it, the control: the same noise without the mask (signs on the whole image: noise, not equalization).
 
     python experiments/noise_equalization.py          # needs runs/benchmark-informed (experiments/informed.py)
     python experiments/noise_equalization.py --docs   # also writes the table into docs/benchmark.md
@@ -29,36 +29,23 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 
+from ansm.attacks import create_attack  # noqa: E402
 from ansm.benchmark.config import preset_config  # noqa: E402
 from ansm.benchmark.defenses import build_defenses  # noqa: E402
 from ansm.data.datasets import open_data  # noqa: E402
-from ansm.defense.ansm_net import blur_kernel, high_pass  # noqa: E402
 from ansm.eval.evaluate import same_size_batches  # noqa: E402
 from ansm.eval.metrics import f1_score  # noqa: E402
 from ansm.eval.readme import update_readme_section  # noqa: E402
 from ansm.utils import seeded_generator  # noqa: E402
 
-RUN = REPO / "runs" / "benchmark-informed"
+from informed import LABELS, RUN  # noqa: E402  (this folder; the informed benchmark's run and row names)
+
 EPS = (2 / 255, 4 / 255, 8 / 255)
-LABELS = {"none": "bare localizer", "ansm": "plain ANSM", "ansm-robust": "robust ANSM",
-          "adv-finetune": "PGD adversarial fine-tuning"}
 
 
-def quieter_side(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Per image, the mask (1 = add noise here) of the side, region or host, whose high-pass residual has the lower
-    std: the attacker's estimate of where the camera noise is weaker."""
-    hp = high_pass(x, blur_kernel().to(x), 1.0).pow(2).mean(1, keepdim=True)
-    region = m > 0.5
-    inside = (hp * region).sum((1, 2, 3)) / region.sum((1, 2, 3)).clamp_min(1)
-    outside = (hp * ~region).sum((1, 2, 3)) / (~region).sum((1, 2, 3)).clamp_min(1)
-    region_quieter = (inside < outside).view(-1, 1, 1, 1)
-    return torch.where(region_quieter, region, ~region).float()
-
-
-def sign_noise(x: torch.Tensor, where: torch.Tensor, eps: float, g: torch.Generator) -> torch.Tensor:
-    """``x + eps * s`` on ``where`` (s uniform in {-1, +1} per pixel and channel), clipped and rounded to 8 bits."""
-    s = torch.randint(0, 2, x.shape, generator=g).to(x).mul_(2).sub_(1)
-    return (x + eps * s * where).clamp(0, 1).mul(255).round().div(255)
+def sign_noise(x: torch.Tensor, eps: float, g: torch.Generator) -> torch.Tensor:
+    """The control: ``x + eps * s`` on the whole image (s uniform in {-1, +1}), clipped to [0, 1]."""
+    return (x + eps * torch.randint(0, 2, x.shape, generator=g).to(x).mul_(2).sub_(1)).clamp(0, 1)
 
 
 def main() -> None:
@@ -78,9 +65,9 @@ def main() -> None:
         forged = m.flatten(1).amax(1) > 0.5
         views = {"clean": {0.0: x}}
         for eps in EPS:
-            g = seeded_generator(cfg.seed, k, round(eps * 255))
-            views.setdefault("equalized", {})[eps] = sign_noise(x, quieter_side(x, m), eps, g)
-            views.setdefault("noise (no mask)", {})[eps] = sign_noise(x, torch.ones_like(m), eps, g)
+            equalize = create_attack("noise-equalize", defenses[0].localizer, eps=eps)
+            views.setdefault("equalized", {})[eps] = equalize(x, m, generator=seeded_generator(cfg.seed, k, round(eps * 255)))
+            views.setdefault("noise (no mask)", {})[eps] = sign_noise(x, eps, seeded_generator(cfg.seed, k, round(eps * 255), 1))
         for view, by_eps in views.items():
             for eps, xv in by_eps.items():
                 for d in defenses:
@@ -106,7 +93,7 @@ def table(f1: dict[tuple[str, float], dict[str, list[float]]], defenses: list, n
             cells.append(f"{per_seed[0]:.3f}" if len(per_seed) == 1 else f"{mean(per_seed):.3f} ± {stdev(per_seed):.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     lead = (f"F1 per forged image ({n_forged} forged of the informed table's test images), mean ± sd over the "
-            "defenses' seeds; 8-bit rounded; `python experiments/noise_equalization.py --docs`.")
+            "defenses' seeds; the attacked images stay on the 8-bit grid (eps is a whole number of levels); `python experiments/noise_equalization.py --docs`.")
     return lead + "\n\n" + "\n".join(lines)
 
 

@@ -20,7 +20,9 @@ def attack_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Localizer: checkpoint path, registered name or module:callable."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-run to resume; other settings "
                                                      "or retrained weights of --model are refused)."),
-    attack: str = typer.Option("pgd", "--attack", "-a", help="fgsm, bim, pgd, pgd-l2, mifgsm, cw-l2, segpgd."),
+    attack: str = typer.Option("pgd", "--attack", "-a", help="fgsm, bim, pgd, pgd-l2, mifgsm, cw-l2, segpgd, square "
+                                                             "(gradient-free), noise-equalize (model-free: noise on the "
+                                                             "quieter side of the mask)."),
     objective: str = typer.Option("untargeted", help="untargeted (break the mask) or hide (make it look authentic)."),
     eps: Optional[str] = typer.Option(None, help="Budget, e.g. 8/255 (L-inf; L2 for pgd-l2; optional L-inf cap for cw-l2)."),
     alpha: Optional[str] = typer.Option(None, help="Step size, e.g. 2/255."),

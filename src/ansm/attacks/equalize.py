@@ -1,0 +1,55 @@
+"""Noise-level equalization: the forger's own anti-forensics, with no model and no gradient.
+
+A spliced or retouched region rarely carries the host's camera noise: its noise level is higher (a noisier donor,
+re-noising) or lower (blur, inpainting). Adding noise to the quieter side closes that gap, a classic
+anti-forensic move, and the forger knows the mask. This attack estimates each side's noise as the energy of the
+high-pass residual ``x - blur(x)`` (the band ANSM and the attack detector read), then adds random signs of size
+``eps`` on the quieter side only: ``x_a = clip(x + eps * s * side)``, ``s`` uniform in {-1, +1} per pixel and
+channel. Authentic images (empty mask) are left as they are.
+
+Why it is here: it is an attack that no defense can undo where it closes the gap, since the noise-level evidence
+is then gone from the image itself. On the synthetic forgeries (region noise 4-10 /255 away from the host's) it
+bounds what any defense can hope for at a given budget (docs/benchmark.md). Its ``model`` is used only to label
+images when no mask is given.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ansm.attacks.base import Attack, Model
+from ansm.attacks.objectives import Objective
+from ansm.attacks.registry import register_attack
+
+
+def quieter_side(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Bx1xHxW {0, 1}: per image, the side (inside or outside ``mask``) whose high-pass residual has less energy;
+    all zeros for an image with an empty mask."""
+    from ansm.defense.ansm_net import blur_kernel, high_pass
+
+    energy = high_pass(x, blur_kernel().to(x), 1.0).pow(2).mean(1, keepdim=True)
+    region = mask > 0.5
+    inside = (energy * region).sum((1, 2, 3)) / region.sum((1, 2, 3)).clamp_min(1)
+    outside = (energy * ~region).sum((1, 2, 3)) / (~region).sum((1, 2, 3)).clamp_min(1)
+    region_quieter = (inside < outside) | ~region.flatten(1).any(1)
+    return torch.where(region_quieter.view(-1, 1, 1, 1), region, ~region).to(x.dtype)
+
+
+@register_attack("noise-equalize")
+class NoiseEqualize(Attack):
+    """Random signs of size ``eps`` on the quieter side of the mask (L-inf). Defaults: ``eps=8/255``."""
+
+    name = "noise-equalize"
+    norm = "linf"
+    param_names = ("eps",)
+
+    def __init__(self, model: Model, eps: float | str = 8 / 255, objective: str | Objective = "untargeted",
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(model, eps=eps, objective=objective, generator=generator)
+
+    def perturb(self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if isinstance(generator, (list, tuple)):  # one generator per image: each image's signs from its own
+            return torch.cat([self.perturb(x[i:i + 1], mask[i:i + 1], g) for i, g in enumerate(generator)])
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        signs = torch.randint(0, 2, x.shape, generator=generator, device=gen_device).to(x).mul_(2).sub_(1)
+        return self.project(x + self.eps * signs * quieter_side(x, mask), x)

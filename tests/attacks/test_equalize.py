@@ -1,0 +1,50 @@
+"""The model-free noise-level equalization attack: inside its budget, only on the quieter side, authentic images
+untouched, and it really closes a noise-level gap."""
+
+from __future__ import annotations
+
+import torch
+
+from ansm.attacks import create_attack
+from ansm.attacks.equalize import quieter_side
+from ansm.defense.ansm_net import blur_kernel, high_pass
+
+
+def _noise_gap_image(region_noisier: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flat grey 8-bit image whose 16x16 square carries noise of std 10/255 and the rest 1/255, or the reverse."""
+    g = torch.Generator().manual_seed(0)
+    m = torch.zeros(1, 1, 48, 48)
+    m[..., 16:32, 16:32] = 1
+    loud, quiet = 10 / 255, 1 / 255
+    std = m * loud + (1 - m) * quiet if region_noisier else m * quiet + (1 - m) * loud
+    x = (0.5 + torch.randn(1, 3, 48, 48, generator=g) * std).clamp(0, 1).mul(255).round().div(255)
+    return x, m
+
+
+def _energy(x: torch.Tensor, where: torch.Tensor) -> float:
+    e = high_pass(x, blur_kernel(), 1.0).pow(2).mean(1, keepdim=True)
+    return float((e * where).sum() / where.sum())
+
+
+def test_noise_goes_on_the_quieter_side_within_budget_and_closes_the_gap() -> None:
+    for region_noisier in (True, False):
+        x, m = _noise_gap_image(region_noisier)
+        side = quieter_side(x, m)
+        assert torch.equal(side, 1 - m if region_noisier else m)
+        adv = create_attack("noise-equalize", lambda z: z[:, :1], eps="8/255")(x, m, generator=torch.Generator().manual_seed(1))
+        delta = adv - x
+        assert delta.abs().max() <= 8 / 255 + 1e-6
+        assert torch.all(delta * (1 - side) == 0)  # the louder side is left exactly as it was
+        # the ratio of the loud side's high-pass energy to the quiet side's falls from ~100 to a few
+        before = _energy(x, 1 - side) / _energy(x, side)
+        after = _energy(adv, 1 - side) / _energy(adv, side)
+        assert before > 30 and after < 3, (region_noisier, before, after)
+
+
+def test_authentic_images_are_left_alone_and_a_seed_gives_the_same_noise() -> None:
+    x, m = _noise_gap_image(True)
+    attack = create_attack("noise-equalize", lambda z: z[:, :1], eps="4/255")
+    assert torch.equal(attack(x, torch.zeros_like(m)), x)
+    a = attack(x, m, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, attack(x, m, generator=torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, attack(x, m, generator=torch.Generator().manual_seed(4)))
