@@ -147,6 +147,8 @@ def test_adaptive_worst_case_is_never_above_a_candidate(trained_localizer, synth
     ({"eps_main": "3/255"}, "eps_main"),
     ({"defenses": ["ansm", "jpeg"]}, "include 'none'"),
     ({"ansm_seeds": 1}, "gray-box"),
+    ({"robust_eps_min": "5/255", "robust_eps_max": "3/255"}, "robust_eps_min <= robust_eps_max"),
+    ({"robust_pixel": -1}, "robust_pixel"),
 ])
 def test_config_errors(kwargs, message) -> None:
     preset = kwargs.pop("preset", "quick")

@@ -65,6 +65,9 @@ class BenchmarkConfig:
     # 1/255 units) in the robust recipe: it anchors ANSM to the clean image where the min-max alone let it collapse
     # into a constant colour shift (docs/benchmark.md, "Attackers who know ANSM")
     robust_pixel: float = 0.0
+    # the online attacks' budget range in robust training (TrainANSMConfig.eps_min / eps_max, whose defaults these are)
+    robust_eps_min: float = 4 / 255
+    robust_eps_max: float = 10 / 255
     # The stochastic ANSM ("ansm-stochastic", opt-in): the robust recipe with Gaussian noise of this std on ANSM's
     # network input (ansm_net.py), in training and at inference; the analyst's mask is the mean probability over
     # `stochastic_samples` passes, and white-box attackers average `eot_samples` draws per step (EOT) or fix one.
@@ -100,7 +103,8 @@ class BenchmarkConfig:
     tolerance: float = 0.01  # F1 noise allowed where F1 should not rise (larger eps)
 
     def __post_init__(self) -> None:
-        for name in ("eps_d", "advft_eps", "eps_main", "unbounded_eps", "stochastic_noise_std"):
+        for name in ("eps_d", "advft_eps", "eps_main", "unbounded_eps", "stochastic_noise_std", "robust_eps_min",
+                     "robust_eps_max"):
             setattr(self, name, _eps(name, getattr(self, name)))
         self.eps_grid = _eps_list("eps_grid", self.eps_grid)
         self.adaptive_eps = _eps_list("adaptive_eps", self.adaptive_eps)
@@ -122,6 +126,8 @@ class BenchmarkConfig:
                      "adaptive_restarts", "size", "unbounded_steps", "square_queries"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.robust_eps_min <= self.robust_eps_max <= 1:
+            raise ConfigError(f"need 0 <= robust_eps_min <= robust_eps_max <= 1, got {self.robust_eps_min}, {self.robust_eps_max}")
         if self.advft_steps is not None and int(self.advft_steps) < 1:
             raise ConfigError(f"advft_steps must be >= 1 (or None: ANSM's budget), got {self.advft_steps}")
         # the convergence check compares the gradient attack after half its steps with after all of them

@@ -172,7 +172,8 @@ def robust_recipe(cfg: BenchmarkConfig) -> dict[str, Any]:
     total = cfg.ansm_stage1_steps + cfg.ansm_stage2_steps
     return {"defended_fraction": cfg.robust_defended_fraction, "pgd_steps": cfg.robust_pgd_steps,
             "curriculum": round(cfg.robust_curriculum * total), "clean_kl": cfg.robust_clean_kl,
-            "mgr_pixel": cfg.robust_pixel, "ffa_pixel": cfg.robust_pixel}
+            "mgr_pixel": cfg.robust_pixel, "ffa_pixel": cfg.robust_pixel, "eps_min": cfg.robust_eps_min,
+            "eps_max": cfg.robust_eps_max}
 
 
 def ansm_recipe(group: str, cfg: BenchmarkConfig) -> tuple[str, dict[str, Any]]:
