@@ -378,13 +378,12 @@ def train_detector(cfg: TrainDetectorConfig, localizer: nn.Module | None = None,
     ``ckpt_every`` steps) and ``<out>/summary.json``."""
     from ansm.data.synth import SyntheticForgeries
     from ansm.defense.data import load_adversarial_pool, render_clean_pool
-    from ansm.defense.trainer import freeze
-    from ansm.models.resolve import resolve_localizer
+    from ansm.defense.trainer import frozen_copy
     from ansm.utils import resolve_device
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    localizer = freeze(localizer if localizer is not None else resolve_localizer(cfg.localizer)).to(device)
+    localizer = frozen_copy(localizer, cfg.localizer).to(device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

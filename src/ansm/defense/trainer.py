@@ -44,6 +44,7 @@ Outputs in ``out``: ``ansm_stage1`` (the model after stage 1: the stage-1-only a
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -356,6 +357,15 @@ def load_teacher(path: str, device: torch.device) -> ANSM:
     return freeze(load_ansm(path)[0]).to(device)
 
 
+def frozen_copy(localizer: nn.Module | None, spec: str | None) -> nn.Module:
+    """The localizer the trainers attack through: a frozen copy of the caller's module (theirs keeps its modes,
+    ``requires_grad`` flags and memory layout, as the trainers' docstrings promise), or ``spec`` resolved and frozen.
+    The copy costs the localizer's weights once more, which a frozen model's training run can afford."""
+    from ansm.models.resolve import resolve_localizer
+
+    return freeze(copy.deepcopy(localizer) if localizer is not None else resolve_localizer(spec))
+
+
 def freeze(localizer: nn.Module) -> nn.Module:
     """Eval mode, no parameter gradients: the localizer is never changed by ANSM training.
 
@@ -393,18 +403,16 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
     """Train ANSM against a frozen localizer; return (ANSM in eval mode, summary). See the module docstring.
 
     Args:
-        localizer: the model to protect; resolved from ``cfg.localizer`` when omitted. It is frozen (eval mode,
-            ``requires_grad=False``) and never modified.
+        localizer: the model to protect; resolved from ``cfg.localizer`` when omitted. ANSM trains against a
+            frozen copy (eval mode, ``requires_grad=False``, channels-last); the module passed in is left as it was.
         on_step: ``on_step(step, stage, loss)`` after every step (on every rank).
     """
-    from ansm.models.resolve import resolve_localizer
-
     t0 = time.perf_counter()
     ctx = setup_distributed(cfg.device)
     try:
         if cfg.batch_size % ctx.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {ctx.world_size} processes")
-        localizer = freeze(localizer if localizer is not None else resolve_localizer(cfg.localizer)).to(ctx.device)
+        localizer = frozen_copy(localizer, cfg.localizer).to(ctx.device)
         taps = list(cfg.taps) if cfg.taps is not None else list(getattr(localizer, "default_taps", ()))
         uses_ffa = cfg.loss == "ansm" and ((cfg.stage1_steps and cfg.ffa_weight > 0) or (cfg.stage2_steps and cfg.mgr_ffa > 0))
         if not taps and (cfg.loss == "feature" or uses_ffa):
