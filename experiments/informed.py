@@ -82,6 +82,13 @@ def let_through(report: dict, group: str) -> list[float]:
     return [perturbation_profile(load_ansm(p.with_suffix(""))[0].eval(), x)["let_through"] for p in paths]
 
 
+def _compute_minutes(report: dict) -> float:
+    """Training plus attack time of the whole run, from every model's and every cell's own record (a resumed
+    run's ``total`` counts only its own part)."""
+    t = report["timings_s"]
+    return (sum(v for v in t["per_model"].values() if v) + sum(v for v in t["per_unit"].values() if v)) / 60
+
+
 def table(report: dict) -> str:
     cfg = report["config"]
     eps_main = cfg["eps_main"]
@@ -115,7 +122,7 @@ def table(report: dict) -> str:
             "objective (untargeted, hide), the worst per image, oblivious images included. Kept = adaptive F1 / the same "
             "seed's clean F1. Noise let through: the share of random sign noise (4/255) that survives ANSM (1.00: the "
             "identity or a constant shift). `python experiments/informed.py --docs`, "
-            f"{report['timings_s']['total'] / 60:.0f} min on 2 CPU cores (shared).")
+            f"{_compute_minutes(report):.0f} min of training and attacks on 2 CPU cores shared with other jobs.")
     return lead + "\n\n" + "\n".join(lines)
 
 

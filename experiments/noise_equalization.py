@@ -6,8 +6,8 @@ has std 0.5-2.5 /255, the manipulated region's differs by 4-10 /255). The ``nois
 (``ansm.attacks.equalize``) is what a forger does about it: random signs of size eps on the side of the mask whose
 high-pass residual is weaker, no localizer involved. Where it closes the gap, the noise-level evidence is gone from
 the image itself, so no defense in front of the localizer (and no localizer) can bring it back; only the other
-traces (blur, resampling, JPEG) remain. It needs no gradient and no knowledge of the defense, so where it takes F1
-down, a white-box attacker can do at least as well.
+traces (blur, resampling, JPEG) remain. It needs no gradient and no knowledge of the defense. Measured: it barely
+moves F1 (the evidence survives), so the white-box attacks' zeros are the models' weakness, not the data's.
 
 Beside it, the control: the same noise without the mask (signs on the whole image: noise, not equalization).
 

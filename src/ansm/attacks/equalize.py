@@ -7,10 +7,10 @@ high-pass residual ``x - blur(x)`` (the band ANSM and the attack detector read),
 ``eps`` on the quieter side only: ``x_a = clip(x + eps * s * side)``, ``s`` uniform in {-1, +1} per pixel and
 channel. Authentic images (empty mask) are left as they are.
 
-Why it is here: it is an attack that no defense can undo where it closes the gap, since the noise-level evidence
-is then gone from the image itself. On the synthetic forgeries (region noise 4-10 /255 away from the host's) it
-bounds what any defense can hope for at a given budget (docs/benchmark.md). Its ``model`` is used only to label
-images when no mask is given.
+Why it is here: where it closes the gap, no defense can undo it, since the noise-level evidence is then gone from
+the image itself; so it measures how much evidence a budget can erase without a model. On the synthetic forgeries
+(region noise 4-10 /255 away from the host's) the answer is: little, F1 0.72 -> 0.68 at 8/255 where a white-box
+PGD reaches 0.00 at 2/255 (docs/benchmark.md). Its ``model`` is used only to label images when no mask is given.
 """
 
 from __future__ import annotations
