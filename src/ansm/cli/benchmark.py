@@ -31,9 +31,9 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 @command("benchmark", example="ansm benchmark --preset quick   (on a GPU: ansm benchmark --preset full --device cuda; "
                               "real forgeries: ansm benchmark --preset real --until val)")
 def benchmark_cmd(
-    preset: str = typer.Option("quick", help="quick (2 CPU cores, ~95 min) or full (one GPU) on synthetic forgeries; informed (2 CPU cores, ~100 min): "
-                                             "plain ANSM, robust ANSM and adversarial fine-tuning under attackers "
-                                             "who know them (3 seeds); "
+    preset: str = typer.Option("quick", help="quick (2 CPU cores, ~95 min) or full (one GPU) on synthetic forgeries; "
+                                             "informed (2 CPU cores, ~100 min): plain ANSM, robust ANSM and "
+                                             "adversarial fine-tuning under attackers who know them (3 seeds); "
                                              "real (2 CPU cores, in pieces) or real-gpu: CASIA v1 and the real protocol."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: runs/benchmark-<preset>; re-run to resume)."),
     data: Optional[str] = typer.Option(None, help="synthetic:N (held-out synthetic test images) or a dataset folder."),
