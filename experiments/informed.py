@@ -96,7 +96,8 @@ def table(report: dict) -> str:
     times = report["timings_s"]["per_model"]
     head = (["defense", "train s / seed", "clean F1"] + [f"oblivious {eps_main * 255:g}/255", f"gray-box {eps_main * 255:g}/255"]
             + [f"adaptive {e * 255:g}/255" for e in adaptive]
-            + [f"kept at {e * 255:g}/255 (bar {b:.2f})" for e, b in BAR.items()] + ["noise let through", "failed checks"])
+            + [f"kept at {e * 255:g}/255 (bar {b:.2f})" for e, b in BAR.items()]
+            + ["noise let through", "failed checks"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group in cfg["defenses"]:
         clean = _clean_per_seed(report, group) if group != "none" else {"none": report["clean"]["none"]["f1"]}
