@@ -25,8 +25,14 @@ from statistics import mean, stdev
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+import torch  # noqa: E402
+
 from ansm.benchmark.config import preset_config  # noqa: E402
+from ansm.benchmark.report import _row  # noqa: E402
 from ansm.benchmark.run import run_benchmark  # noqa: E402
+from ansm.data.datasets import open_data  # noqa: E402
+from ansm.defense.ansm_net import load_ansm  # noqa: E402
+from ansm.defense.evaluate import perturbation_profile  # noqa: E402
 from ansm.eval.readme import update_readme_section  # noqa: E402
 
 RUN = REPO / "runs" / "benchmark-informed"
@@ -42,20 +48,15 @@ def _pm(values: list[float]) -> str:
     return f"{mean(values):.3f} ± {stdev(values):.3f}"
 
 
-def _row(report: dict, threat: str, eps: float, group: str) -> dict | None:
-    return next((r for r in report["rows"] if r["threat"] == threat and r["attack"] == "pgd"
-                 and r["defense"] == group and abs(r["eps"] - eps) < 1e-9), None)
-
-
 def _per_seed(report: dict, threat: str, eps: float, group: str) -> dict[str, float]:
-    r = _row(report, threat, eps, group)
+    r = _row(report, threat, "pgd", eps, group)
     return {k: v["f1"] for k, v in r["seeds"].items()} if r else {}
 
 
 def _clean_per_seed(report: dict, group: str) -> dict[str, float]:
     # the clean F1 of each seed, read off any row's per-seed retention (retention = clean F1 / bare clean F1)
     bare = report["clean"]["none"]["f1"]
-    r = _row(report, "oblivious", report["config"]["eps_main"], group)
+    r = _row(report, "oblivious", "pgd", report["config"]["eps_main"], group)
     return {k: v["retention"] * bare for k, v in r["seeds"].items()}
 
 
@@ -64,21 +65,19 @@ def _failed(report: dict, group: str) -> list[str]:
     return sorted({c["check"] for c in report["checks"]["results"] if not c["ok"] and pattern.search(c["subject"])})
 
 
-def let_through(report: dict, group: str) -> list[float]:
-    """Per seed of an ANSM group, the share of random sign noise (4/255) its ANSM lets through on the test images
-    (``ansm.defense.evaluate.perturbation_profile``: 1.00 = the identity or a constant shift); [] for other rows."""
-    import torch
-
-    from ansm.data.datasets import open_data
-    from ansm.defense.ansm_net import load_ansm
-    from ansm.defense.evaluate import perturbation_profile
-
-    paths = sorted((RUN / "models").glob(f"{group}-s*/ansm.json"))
-    if not group.startswith("ansm") or not paths:
-        return []
+def _test_images(report: dict) -> torch.Tensor:
+    """The run's test images, in one batch (32 at 64x64)."""
     cfg = report["config"]
     data = open_data(cfg["data"], size=cfg["size"], seed=0)
-    x = torch.stack([data[i]["image"] for i in range(len(data))])
+    return torch.stack([data[i]["image"] for i in range(len(data))])
+
+
+def let_through(group: str, x: torch.Tensor) -> list[float]:
+    """Per seed of an ANSM group, the share of random sign noise (4/255) its ANSM lets through on images ``x``
+    (``ansm.defense.evaluate.perturbation_profile``: 1.00 = the identity or a constant shift); [] for other rows."""
+    paths = sorted((RUN / "models").glob(f"{group}-s*/ansm.json"))
+    if not group.startswith("ansm"):
+        return []
     return [perturbation_profile(load_ansm(p.with_suffix(""))[0].eval(), x)["let_through"] for p in paths]
 
 
@@ -99,6 +98,7 @@ def table(report: dict) -> str:
             + [f"kept at {e * 255:g}/255 (bar {b:.2f})" for e, b in BAR.items()]
             + ["noise let through", "failed checks"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    images = _test_images(report)
     for group in cfg["defenses"]:
         clean = _clean_per_seed(report, group) if group != "none" else {"none": report["clean"]["none"]["f1"]}
         train = [t for k, t in times.items() if re.fullmatch(rf"{re.escape(group)}-s\d+", k)]
@@ -112,7 +112,7 @@ def table(report: dict) -> str:
             f1 = next((v for k, v in adaptive_f1.items() if abs(k - e) < 1e-9), {})
             kept = [f1[k] / clean[k] for k in f1 if clean.get(k)]
             cells.append(_pm(kept) if kept else "-")
-        through = let_through(report, group)
+        through = let_through(group, images)
         cells.append(_pm(through) if through else "-")
         cells.append(", ".join(_failed(report, group)) or "none")
         lines.append("| " + " | ".join(cells) + " |")

@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "src"))
 import torch  # noqa: E402
 
 from ansm.attacks import create_attack  # noqa: E402
+from ansm.attacks.base import random_signs  # noqa: E402
 from ansm.benchmark.config import preset_config  # noqa: E402
 from ansm.benchmark.defenses import build_defenses  # noqa: E402
 from ansm.data.datasets import open_data  # noqa: E402
@@ -45,7 +46,7 @@ EPS = (2 / 255, 4 / 255, 8 / 255)
 
 def sign_noise(x: torch.Tensor, eps: float, g: torch.Generator) -> torch.Tensor:
     """The control: ``x + eps * s`` on the whole image (s uniform in {-1, +1}), clipped to [0, 1]."""
-    return (x + eps * torch.randint(0, 2, x.shape, generator=g).to(x).mul_(2).sub_(1)).clamp(0, 1)
+    return (x + eps * random_signs(x.shape, x, g)).clamp(0, 1)
 
 
 def main() -> None:

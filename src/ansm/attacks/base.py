@@ -62,6 +62,13 @@ def check_budget(name: str, value: float | str) -> float:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+def random_signs(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform {-1, +1} of ``shape``, drawn on the generator's device (the CPU without one, so a seed gives the same
+    signs on every device), returned on ``like``'s device and dtype."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return (torch.randint(0, 2, tuple(shape), generator=generator, device=gen_device) * 2 - 1).to(like)
+
+
 def check_int(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

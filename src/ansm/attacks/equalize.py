@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ansm.attacks.base import Attack, Model
+from ansm.attacks.base import Attack, Model, random_signs
 from ansm.attacks.objectives import Objective
 from ansm.attacks.registry import register_attack
 
@@ -50,6 +50,4 @@ class NoiseEqualize(Attack):
     def perturb(self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if isinstance(generator, (list, tuple)):  # one generator per image: each image's signs from its own
             return torch.cat([self.perturb(x[i:i + 1], mask[i:i + 1], g) for i, g in enumerate(generator)])
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        signs = torch.randint(0, 2, x.shape, generator=generator, device=gen_device).to(x).mul_(2).sub_(1)
-        return self.project(x + self.eps * signs * quieter_side(x, mask), x)
+        return self.project(x + self.eps * random_signs(x.shape, x, generator) * quieter_side(x, mask), x)

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from ansm.attacks.base import Attack, Model, check_budget, check_int
+from ansm.attacks.base import Attack, Model, check_budget, check_int, random_signs
 from ansm.attacks.objectives import Objective
 from ansm.attacks.registry import register_attack
 from ansm.errors import ConfigError
@@ -87,7 +87,7 @@ class Square(Attack):
         gen_device = generator.device if generator is not None else torch.device("cpu")
 
         def signs(*shape: int) -> torch.Tensor:
-            return (torch.randint(0, 2, shape, generator=generator, device=gen_device) * 2 - 1).to(x)
+            return random_signs(shape, x, generator)
 
         # vertical stripes: one sign per (image, channel, column)
         best = self.project(x + eps * signs(b, c, 1, w), x)

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ansm.attacks import create_attack
-from ansm.attacks.base import eval_mode
+from ansm.attacks.base import eval_mode, random_signs
 from ansm.eval.evaluate import same_size_batches
 from ansm.eval.metrics import LocalizationMeter
 from ansm.eval.stats import bootstrap_ci
@@ -62,7 +62,7 @@ def perturbation_profile(ansm: nn.Module, x: torch.Tensor, noise_eps: float = 4 
 
     The adversarially trained ANSM of the benchmark's quick budget collapsed into a constant colour shift (at_bound
     up to 1.0, let_through 1.00) while its F1 looked like the bare localizer's (docs/benchmark.md)."""
-    d = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(seed)).to(x).mul_(2).sub_(1) * noise_eps
+    d = random_signs(x.shape, x, torch.Generator().manual_seed(seed)) * noise_eps
     y, y_d = ansm(x), ansm(x + d)
     move = (y - x).abs()
     return {"mean_abs": move.mean().item() * 255,
