@@ -9,7 +9,9 @@ the image itself, so no defense in front of the localizer (and no localizer) can
 traces (blur, resampling, JPEG) remain. It needs no gradient and no knowledge of the defense. Measured: it barely
 moves F1 (the evidence survives), so the white-box attacks' zeros are the models' weakness, not the data's.
 
-Beside it, the control: the same noise without the mask (signs on the whole image: noise, not equalization).
+Beside it, the forger's other move, ``region-denoise``: the region itself smoothed (Gaussian, sigma 1) by at most
+eps per pixel value, which strips the donor's noise, resampling and JPEG residue where they are. And the control:
+the same sign noise without the mask (signs on the whole image: noise, not equalization).
 
     python experiments/noise_equalization.py          # needs runs/benchmark-informed (experiments/informed.py)
     python experiments/noise_equalization.py --docs   # also writes the table into docs/benchmark.md
@@ -69,6 +71,7 @@ def main() -> None:
             equalize = create_attack("noise-equalize", defenses[0].localizer, eps=eps)
             views.setdefault("equalized", {})[eps] = equalize(x, m, generator=seeded_generator(cfg.seed, k, round(eps * 255)))
             views.setdefault("noise (no mask)", {})[eps] = sign_noise(x, eps, seeded_generator(cfg.seed, k, round(eps * 255), 1))
+            views.setdefault("region denoised", {})[eps] = create_attack("region-denoise", defenses[0].localizer, eps=eps)(x, m)
         for view, by_eps in views.items():
             for eps, xv in by_eps.items():
                 for d in defenses:
@@ -84,7 +87,7 @@ def table(f1: dict[tuple[str, float], dict[str, list[float]]], defenses: list, n
     groups: dict[str, list[str]] = {}
     for d in defenses:
         groups.setdefault(d.group, []).append(d.key)
-    cols = [("clean", 0.0)] + [(v, e) for v in ("equalized", "noise (no mask)") for e in EPS]
+    cols = [("clean", 0.0)] + [(v, e) for v in ("equalized", "region denoised", "noise (no mask)") for e in EPS]
     head = ["defense"] + ["clean" if v == "clean" else f"{v} {e * 255:g}/255" for v, e in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group, keys in groups.items():

@@ -42,6 +42,8 @@ def test_synth_then_evaluate_writes_json(tmp_path: Path, trained_localizer_path:
     (["evaluate", "--model", "no-such-model", "--data", "synthetic:2"], "no-such-model"),
     (["evaluate", "--model", "twostream", "--data", "/nonexistent"], "not found"),
     (["train-localizer", "--steps", "0"], "steps must be >= 1"),
+    (["train-localizer", "--trades", "1"], "needs an adversarial budget"),
+    (["benchmark", "--set", "advft_trades=-1"], "advft_trades"),
     (["benchmark", "--preset", "huge"], "unknown preset"),
     (["benchmark", "--set", "adaptive_steps"], "write key=value"),
     (["benchmark", "--defenses", "ansm,jpeg"], "include 'none'"),

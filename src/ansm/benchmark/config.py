@@ -78,6 +78,8 @@ class BenchmarkConfig:
     # steps at ANSM's batch, every example adversarial), with the target's benign-noise augmentation kept
     advft_steps: int | None = None
     advft_eps: float = 8 / 255
+    # > 0: the fine-tuning is TRADES with this beta (TrainLocalizerConfig.trades_beta) instead of PGD training
+    advft_trades: float = 0.0
     # --- baselines -----------------------------------------------------------------------------------------
     defenses: list[str] = field(default_factory=lambda: list(DEFAULT_DEFENSES))
     jpeg_qualities: list[int] = field(default_factory=lambda: [75, 90])
@@ -137,7 +139,7 @@ class BenchmarkConfig:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         # NaN passes every comparison above: ansm.validate refuses it in every float field
-        check_fields(self, "--set {name}", non_negative=("tolerance", "robust_clean_kl", "robust_pixel"), positive=("blur_sigma",),
+        check_fields(self, "--set {name}", non_negative=("tolerance", "robust_clean_kl", "robust_pixel", "advft_trades"), positive=("blur_sigma",),
                      fraction=("robust_defended_fraction", "robust_curriculum", "stochastic_noise_std"),
                      non_negative_int=("ansm_stage1_steps", "ansm_stage2_steps"),
                      positive_int=("loc_batch", "loc_pool", "ansm_batch", "ansm_pool", "median_size", "bit_depth",

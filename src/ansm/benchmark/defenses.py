@@ -269,6 +269,7 @@ def build_defenses(cfg: BenchmarkConfig, device: torch.device, step: Step,
             tuned = _train_localizer(models / f"adv-finetune-s{s}", cfg, "twostream", step,
                                      f"PGD adversarial fine-tuning (seed {s})", seed=s, steps=cfg.advft_budget,
                                      init=target_path, adv_eps=cfg.advft_eps, adv_fraction=1.0, lr=1e-3,
+                                     trades_beta=cfg.advft_trades,
                                      batch_size=cfg.ansm_batch, noise_std=_target_noise_std(cfg))
             defenses.append(Defense("adv-finetune", "model", _frozen(tuned, device), None, s))
     return target, surrogate, defenses

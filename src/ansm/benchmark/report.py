@@ -270,8 +270,9 @@ def _notes(cfg: BenchmarkConfig, report: dict[str, Any]) -> list[str]:
         f"steps, batch {cfg.ansm_batch}, online attacks), not the demo's (MgR alone from offline attack sets).",
         f"Equal budgets: the denoisers get ANSM's network, eps_d and {cfg.ansm_stage1_steps + cfg.ansm_stage2_steps} "
         f"steps at batch {cfg.ansm_batch} (pixel L1, or L1 on the localizer's tapped features, HGD-style); "
-        f"adversarial fine-tuning gets {cfg.advft_budget} steps at batch {cfg.ansm_batch}, every example PGD at "
-        f"{_eps_name(cfg.advft_eps)}, with the target's benign-noise augmentation kept.",
+        f"adversarial fine-tuning gets {cfg.advft_budget} steps at batch {cfg.ansm_batch}, "
+        + (f"TRADES (beta {cfg.advft_trades:g}) at " if cfg.advft_trades > 0 else "every example PGD at ")
+        + f"{_eps_name(cfg.advft_eps)}, with the target's benign-noise augmentation kept.",
         f"Seeds: ANSM {cfg.ansm_seeds}, trained baselines {cfg.baseline_seeds}; ± is the sample SD over seeds "
         "(no ± with one seed); [lo, hi] is a bootstrap 95% interval over images.",
     ]

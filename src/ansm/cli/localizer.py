@@ -34,6 +34,9 @@ def train_localizer_cmd(
     adv_eps: Optional[str] = typer.Option(None, help="PGD adversarial training budget, e.g. 8/255 (default: off)."),
     adv_steps: Optional[int] = typer.Option(None, help="PGD steps per adversarial example."),
     adv_fraction: Optional[float] = typer.Option(None, help="Share of each batch replaced by PGD examples."),
+    trades: Optional[float] = typer.Option(None, help="With --adv-eps: TRADES with this beta (e.g. 1) instead of "
+                                           "PGD training: masks learned on clean images, KL to the clean "
+                                           "prediction under attack."),
     noise_std: Optional[str] = typer.Option(None, help="Benign-noise augmentation: max Gaussian std, e.g. 3/255 "
                                             "(default: off)."),
     jpeg_grid: Optional[bool] = typer.Option(None, "--jpeg-grid/--no-jpeg-grid",
@@ -49,7 +52,8 @@ def train_localizer_cmd(
 
     Writes <out>/localizer.{safetensors,json} (load it with --model <out>/localizer) and a resumable
     <out>/train_state checkpoint; an interrupted run started again continues from its last checkpoint.
-    PGD adversarial fine-tuning: --init runs/localizer/localizer --adv-eps 8/255 --steps 300.
+    PGD adversarial fine-tuning: --init runs/localizer/localizer --adv-eps 8/255 --steps 300
+    (TRADES: add --trades 1).
     GPUs: --device cuda uses mixed precision; torchrun --standalone --nproc_per_node N --no-python ansm
     train-localizer ... splits every global batch over N processes (rank 0 validates and writes the files).
     """
@@ -70,7 +74,7 @@ def train_localizer_cmd(
         steps = getattr(entry, "default_train_steps", None)
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "size": size, "pool": pool,
                  "source": str(source) if source else None, "eval_n": eval_n, "adv_eps": adv_eps,
-                 "adv_steps": adv_steps, "adv_fraction": adv_fraction, "init": str(init) if init else None,
+                 "adv_steps": adv_steps, "adv_fraction": adv_fraction, "trades_beta": trades, "init": str(init) if init else None,
                  "noise_std": noise_std, "val_every": val_every,
                  "crop": crop if crop is not None else (256 if data is not None else None)}
     if data is not None:

@@ -113,10 +113,9 @@ def clean_kl_loss(logits_defended_orig: torch.Tensor, logits_orig: torch.Tensor)
     prediction as it was, whatever the ground truth says."""
     if logits_defended_orig.shape != logits_orig.shape:
         raise ConfigError(f"clean KL: logits {tuple(logits_defended_orig.shape)} and {tuple(logits_orig.shape)} differ")
-    target = torch.sigmoid(logits_orig.detach().float())
-    q_logits = logits_defended_orig.float()
-    return (F.binary_cross_entropy_with_logits(q_logits, target)
-            - F.binary_cross_entropy_with_logits(logits_orig.detach().float(), target))
+    from ansm.models.train import bernoulli_kl
+
+    return bernoulli_kl(logits_orig.detach().float(), logits_defended_orig.float()).mean()
 
 
 def pixel_denoiser_loss(defended_adv: torch.Tensor, defended_orig: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,10 @@
 The same loop does **PGD adversarial fine-tuning** (Madry et al., the classic model-side defense the benchmark
 compares ANSM with): start from a trained checkpoint (``init``) and replace a share ``adv_fraction`` of every
 batch by PGD examples crafted against the current weights (``adv_eps``, ``adv_steps``). Keeping part of the
-batch clean is what keeps clean F1 from collapsing on a small model.
+batch clean is what keeps clean F1 from collapsing on a small model. With ``trades_beta`` > 0 the loop does
+**TRADES** instead (Zhang et al., "Theoretically Principled Trade-off between Robustness and Accuracy", ICML
+2019): the mask is learned on clean images only, and a KL term pulls each prediction under attack towards the
+clean one.
 
 Deterministic per seed: the training pool is rendered from ``(seed, index)``; the batch of step ``t`` is drawn
 from a generator seeded with ``(seed, t)``; so a run resumed from its last checkpoint takes exactly the
@@ -13,7 +16,8 @@ steps an uninterrupted run would. The checkpoint ``<out>/train_state`` is rewrit
 On a GPU: ``device="cuda"`` (or ``auto``) runs there, with mixed precision (fp16 autocast and a gradient scaler)
 unless ``amp`` is off; under ``torchrun`` every rank takes its slice of each global batch, the model is wrapped in
 ``DistributedDataParallel`` (gradients averaged) and rank 0 validates and writes the files. The batches do not
-depend on the number of processes, so one CPU process and N GPUs train on the same examples.
+depend on the number of processes, so one CPU process and N GPUs train on the same examples (adversarial
+training aside: each rank draws its PGD random starts for its own slice).
 """
 
 from __future__ import annotations
@@ -76,6 +80,11 @@ class TrainLocalizerConfig:
     adv_eps: float = 0.0  # > 0: PGD adversarial training at this L-inf budget ("8/255" accepted)
     adv_steps: int = 3
     adv_fraction: float = 0.5  # share of each batch replaced by adversarial examples
+    # > 0 (with adv_eps): TRADES (Zhang et al., ICML 2019) instead of PGD adversarial training. Every step learns
+    # the mask on the clean batch and adds ``trades_beta`` x the per-pixel Bernoulli KL from the clean prediction to
+    # the prediction on a PGD example that maximises that KL; no adversarial example is fitted to the mask, which
+    # is where PGD training on masks gave up clean F1 (docs/benchmark.md). ``adv_fraction`` is not used.
+    trades_beta: float = 0.0
     # Real data: a dataset folder with a splits.json (e.g. ../shared/real/casia1). Trains on ``split`` with
     # augmented random crops of side ``crop`` at native resolution (ansm.data.real), evaluates on ``val_split``
     # every ``val_every`` steps, and keeps the checkpoint with the best val F1@0.5 as the final model.
@@ -97,6 +106,8 @@ class TrainLocalizerConfig:
                 raise ConfigError(f"{name}: {exc}") from None
         if not 0 <= self.noise_prob <= 1:
             raise ConfigError(f"noise_prob must be in [0, 1], got {self.noise_prob}")
+        if self.trades_beta > 0 and self.adv_eps <= 0:
+            raise ConfigError(f"trades_beta {self.trades_beta} needs an adversarial budget (adv_eps > 0)")
         if self.adv_steps < 1 or not 0 < self.adv_fraction <= 1:
             raise ConfigError(f"need adv_steps >= 1 and 0 < adv_fraction <= 1, got {self.adv_steps}, {self.adv_fraction}")
         if self.init is not None:
@@ -111,7 +122,7 @@ class TrainLocalizerConfig:
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         # NaN passes the comparisons above: ansm.validate refuses it in every float field
-        check_fields(self, positive=("lr",), non_negative=("weight_decay", "dice_weight"),
+        check_fields(self, positive=("lr",), non_negative=("weight_decay", "dice_weight", "trades_beta"),
                      fraction=("noise_prob", "adv_fraction"), non_negative_int=("warmup", "eval_n"),
                      positive_int=("steps", "batch_size", "pool", "ckpt_every", "size", "adv_steps"))
 
@@ -125,6 +136,18 @@ def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: flo
     inter = (prob * mask).sum(dim=(1, 2, 3))
     dice = 1 - (2 * inter + 1) / (prob.sum(dim=(1, 2, 3)) + mask.sum(dim=(1, 2, 3)) + 1)
     return bce + dice_weight * dice.mean()
+
+
+def bernoulli_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """Per-pixel ``KL(p || q)`` of the Bernoulli distributions ``p = sigmoid(logits_p)``, ``q = sigmoid(logits_q)``,
+
+        KL = p (log p - log q) + (1 - p) (log(1 - p) - log(1 - q)),
+
+    from log-sigmoids (stable where p or q is near 0 or 1), differentiable in both arguments (TRADES trains
+    through the clean prediction too)."""
+    p = torch.sigmoid(logits_p)
+    return (p * (F.logsigmoid(logits_p) - F.logsigmoid(logits_q))
+            + (1 - p) * (F.logsigmoid(-logits_p) - F.logsigmoid(-logits_q)))
 
 
 def lr_at(step: int, cfg: TrainLocalizerConfig) -> float:
@@ -190,6 +213,21 @@ def adversarial_share(model: nn.Module, x: torch.Tensor, m: torch.Tensor, step: 
     return torch.cat([pgd(x[:k], m[:k], generator=g), x[k:]])
 
 
+def trades_example(model: nn.Module, x: torch.Tensor, step: int, cfg: TrainLocalizerConfig) -> torch.Tensor:
+    """TRADES' inner maximisation: PGD (``adv_steps``, from a random start in the ``adv_eps`` ball) on the
+    Bernoulli KL from the model's clean prediction. Maximising BCE against the soft labels ``sigmoid(V(x))`` is
+    the same problem (the KL minus a constant in ``x'``), so the untargeted PGD of ``ansm.attacks`` does it as is."""
+    from ansm.attacks import create_attack
+
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        soft = torch.sigmoid(model(x)).float()
+        model.train(was_training)
+    pgd = create_attack("pgd", model, eps=cfg.adv_eps, alpha=2.5 * cfg.adv_eps / cfg.adv_steps, steps=cfg.adv_steps)
+    return pgd(x, soft, generator=seeded_generator(cfg.seed, step + 7_919))
+
+
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg: TrainLocalizerConfig,
                 val_history: list[dict[str, Any]] | None = None) -> None:
     opt_tensors, opt_meta = optimizer_to_tensors(opt)
@@ -202,7 +240,7 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: T
     tensors, meta = load_checkpoint(path)
     saved = meta.get("config", {})
     for key in ("arch", "arch_kwargs", "seed", "size", "crop", "pool", "source", "batch_size", "steps", "init",
-                "adv_eps", "adv_steps", "adv_fraction", "noise_std", "noise_prob", "data", "split", "val_split",
+                "adv_eps", "adv_steps", "adv_fraction", "trades_beta", "noise_std", "noise_prob", "data", "split", "val_split",
                 "val_every", "forged_fraction"):
         was = saved.get(key, getattr(TrainLocalizerConfig, key, None))  # a state saved before the field existed
         if was != asdict(cfg).get(key):
@@ -284,11 +322,18 @@ def _train(cfg: TrainLocalizerConfig, ctx: DistContext, on_step: Callable[[int, 
             group["lr"] = lr_at(step, cfg)
         x, m = real.batch(cfg.batch_size, cfg.crop, cfg.seed, step) if real else augmented_batch(images, masks, step, cfg)
         x, m = x[rows].to(ctx.device), m[rows].to(ctx.device)  # this rank's slice of the global batch
-        if cfg.adv_eps > 0:
+        x_trades = None
+        if cfg.adv_eps > 0 and cfg.trades_beta > 0:
+            x_trades = trades_example(model, x, step, cfg)
+        elif cfg.adv_eps > 0:
             x = adversarial_share(model, x, m, step, cfg)
         with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
-            logits = net(x)
+            # TRADES: clean and adversarial halves in one pass (DDP allows one forward per backward)
+            logits = net(x if x_trades is None else torch.cat([x, x_trades]))
+        logits, logits_adv = (logits, None) if x_trades is None else logits.split(len(x))
         loss = segmentation_loss(logits.float(), m, cfg.dice_weight)
+        if logits_adv is not None:
+            loss = loss + cfg.trades_beta * bernoulli_kl(logits.float(), logits_adv.float()).mean()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
