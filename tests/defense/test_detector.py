@@ -162,3 +162,38 @@ def test_serve_fills_the_flag_slot(trained_localizer, synthetic_batch) -> None:
     body = client.post("/api/predict?attack=fgsm", content=buf.getvalue()).json()
     for row in (body["clean"], body["attacked"]):
         assert 0 <= row["attack_p"] <= 1 and row["attack_flag"] == (row["attack_p"] > 0.4)
+
+
+class _ConstantDetector(torch.nn.Module):
+    """Says the same logit for every image: never flags (negative) or always flags (positive)."""
+
+    def __init__(self, logit: float) -> None:
+        super().__init__()
+        self.logit = logit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0],), self.logit) + 0 * x.sum((1, 2, 3))
+
+
+def test_evaded_counts_forged_images_neither_flagged_nor_localized(trained_localizer, synthetic_batch) -> None:
+    from ansm.attacks.builder import quantize
+    from ansm.defense.detector import EVADED_F1
+    from ansm.eval.metrics import f1_score
+    from ansm.utils import seeded_generator
+
+    data = [{"image": synthetic_batch["image"][i], "mask": synthetic_batch["mask"][i], "name": str(i)} for i in range(8)]
+    x, m = synthetic_batch["image"][:8], synthetic_batch["mask"][:8]
+    forged = m.flatten(1).any(1)
+    pgd = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 5}
+    # by hand: the same attack (same per-batch generator), and the localizer's misses with and without it
+    x_a = quantize(create_attack("pgd", trained_localizer, **pgd)(x, m, generator=seeded_generator(0, 0, 0)), x, 8 / 255)
+    with torch.no_grad():
+        missed = [(f1_score(torch.sigmoid(trained_localizer(v)), m) <= EVADED_F1)[forged].float().mean().item()
+                  for v in (x, x_a)]
+    assert 0 < missed[0] < missed[1]  # some clean masks are already missed; the attack misses more
+    blind = evaluate_detector(_ConstantDetector(-10.0), trained_localizer, data, [DetectorAttack("pgd", "pgd", pgd)],
+                              n_boot=10, threshold=0.5)
+    assert [blind["clean"]["evaded"], blind["attacks"]["pgd"]["evaded"]] == pytest.approx(missed)
+    flags_all = evaluate_detector(_ConstantDetector(10.0), trained_localizer, data, [DetectorAttack("pgd", "pgd", pgd)],
+                                  n_boot=10, threshold=0.5)
+    assert flags_all["clean"]["evaded"] == flags_all["attacks"]["pgd"]["evaded"] == 0.0

@@ -30,7 +30,9 @@ Evaluation (:func:`evaluate_detector`): per attack, image-level ROC AUC and TPR 
 split are the negatives), each with a bootstrap 95% interval over images, and the localizer's F1 on the attacked
 images. A *detector-aware* attack (:class:`DetectorAware`) is a PGD whose gain is the localizer's objective minus
 ``weight`` times the BCE pushing the detector's logit to "clean"; it must fool both at once, and its row shows the
-trade-off (detector AUC vs localizer F1 reached).
+trade-off (detector AUC vs localizer F1 reached). With a threshold, each row also says how many forged images
+the attack *evaded* with: not flagged, and localizer F1 <= ``EVADED_F1``; the number the analyst cares about
+(the clean row's is the localizer's own misses no one attacked).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ from ansm.utils import parse_eps, seeded_generator, write_json_atomic
 from ansm.validate import check_fields
 
 TARGET_FPR = 0.05
+# A forged image counts as "evaded" when the detector does not flag it and the localizer's F1 on it is at most this
+# (the untargeted attack's own success bar, ansm.attacks.objectives.Untargeted): the analyst sees no flag and a
+# wrong mask, the only outcome in which a detector-aware attacker has won.
+EVADED_F1 = 0.1
 ONLINE_ATTACKS = ("fgsm", "pgd", "bim", "mifgsm")
 
 
@@ -471,7 +477,8 @@ def evaluate_detector(detector: nn.Module, localizer: nn.Module, data: Iterable[
     Every attack image is rounded to 8 bits inside its budget (a PNG). ``benign`` rows (name -> change) report
     how often benign changes are flagged: AUC against clean (0.5 = indistinguishable) and the share flagged at
     the clean 5%-FPR threshold. ``threshold`` (a probability, e.g. the checkpoint's calibrated one) adds each
-    row's flag rate at that operating point.
+    row's flag rate at that operating point, and ``evaded``: the share of forged images neither flagged nor
+    localized (F1 <= ``EVADED_F1``).
 
     Returns ``{"n_images", "n_forged", "clean": {...}, "attacks": {name: {"auc", "auc_ci", "tpr_at_5fpr",
     "tpr_ci", "f1_loc", "f1_loc_ci", "mean_p", "flag_rate", ...}}, "benign": {...}}``.
@@ -532,13 +539,20 @@ def evaluate_detector(detector: nn.Module, localizer: nn.Module, data: Iterable[
         if name in f1s:
             f = np.array(f1s[name])[forged_idx]
             r |= {"f1_loc": float(f.mean()) if len(f) else None, "f1_loc_ci": list(bootstrap_ci(f, seed=seed))}
+            if threshold is not None:
+                r["evaded"] = evaded(pos, np.array(f1s[name]))
         return r
+
+    def evaded(p: np.ndarray, f1: np.ndarray) -> float | None:
+        hit = (p <= threshold) & (f1 <= EVADED_F1)
+        return float(hit[forged_idx].mean()) if forged_idx.any() else None
 
     clean_f1 = np.array(f1s["clean"])[forged_idx]
     return {"n_images": len(neg), "n_forged": int(forged_idx.sum()), "target_fpr": TARGET_FPR,
             "clean": {"mean_p": float(neg.mean()), "f1_loc": float(clean_f1.mean()) if len(clean_f1) else None,
                       "f1_loc_ci": list(bootstrap_ci(clean_f1, seed=seed)),
-                      **({"flag_rate": float((neg > threshold).mean())} if threshold is not None else {})},
+                      **({"flag_rate": float((neg > threshold).mean()),
+                          "evaded": evaded(neg, np.array(f1s["clean"]))} if threshold is not None else {})},
             "attacks": {spec.name: {**row(spec.name), "attack": spec.attack, "kwargs": _jsonable(spec.kwargs),
                                     "aware_weight": spec.aware_weight} for spec in attacks},
             "benign": {name: row(name) for name in benign}}
