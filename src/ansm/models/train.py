@@ -218,12 +218,10 @@ def trades_example(model: nn.Module, x: torch.Tensor, step: int, cfg: TrainLocal
     Bernoulli KL from the model's clean prediction. Maximising BCE against the soft labels ``sigmoid(V(x))`` is
     the same problem (the KL minus a constant in ``x'``), so the untargeted PGD of ``ansm.attacks`` does it as is."""
     from ansm.attacks import create_attack
+    from ansm.attacks.base import eval_mode
 
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
+    with torch.no_grad(), eval_mode(model):
         soft = torch.sigmoid(model(x)).float()
-        model.train(was_training)
     pgd = create_attack("pgd", model, eps=cfg.adv_eps, alpha=2.5 * cfg.adv_eps / cfg.adv_steps, steps=cfg.adv_steps)
     return pgd(x, soft, generator=seeded_generator(cfg.seed, step + 7_919))
 
