@@ -16,7 +16,10 @@ Steps, each resumable under ``runs/experiments/detector``:
 4. ``val`` (64 images): oblivious attacks, benign changes, and the detector-aware PGD (50 steps) at 2, 4 and
    8 /255, each at weights 1, 3, 10, 30; per budget, the weight with the most forged images *evaded* (not flagged,
    localizer F1 <= 0.1; ties: lowest detector AUC; the attacker's best) is the one reported on ``test``;
-5. ``test`` (96 images, reported once): the same rows, aware PGD at each budget's chosen weight.
+5. ``test`` (96 images, reported once): the same rows, aware PGD at each budget's chosen weight;
+6. the adversarially trained detector (``runs/experiments/detector/detector-at``): the same steps, batch, offline
+   sets and calibration, with the online positives (half the steps) crafted by the detector-aware PGD-5 against the
+   detector as it is at that step (``ansm train-detector --attacks aware-pgd``); then steps 4 and 5 for it.
 
 Negatives are always the clean images of the same split (authentic and forged). Total ~20 min on one core, most
 of it the 12 aware rows on val (less with the demo's localizer already trained).
@@ -28,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +53,8 @@ from ansm.utils import seed_everything, write_json_atomic  # noqa: E402
 OUT = REPO / "runs" / "experiments" / "detector"
 SIZE, SEED, ATTACK_N, VAL_N, TEST_N = 64, 0, 192, 64, 96
 WEIGHTS = (1.0, 3.0, 10.0, 30.0)
+AT_WEIGHTS = (1.0, 3.0, 10.0)  # the adversarially trained detector's aware-PGD weights in training (not WEIGHTS: 30
+#                                is kept back, an attacker's setting it never saw)
 AWARE_EPS = (2 / 255, 4 / 255, 8 / 255)  # small budgets too: the detector reads noise energy, so less noise hides
 AWARE_STEPS = 50
 PGD = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10}
@@ -93,8 +99,8 @@ def attackers_best(rows: dict[float, dict]) -> float:
     return max(rows, key=lambda w: (rows[w]["evaded"], -rows[w]["auc"], -rows[w]["tpr_at_5fpr"]))
 
 
-def evaluate(split: str, n: int, det, threshold: float, loc, attacks: list[DetectorAttack]) -> dict:
-    path = OUT / f"{split}.json"
+def evaluate(split: str, n: int, det, threshold: float, loc, attacks: list[DetectorAttack], folder: Path = OUT) -> dict:
+    path = folder / f"{split}.json"
     if path.is_file():
         return json.loads(path.read_text())
     t = time.perf_counter()
@@ -146,17 +152,7 @@ def main() -> None:
     cfg = TrainDetectorConfig(localizer=str(lpath.relative_to(REPO)), out=str(OUT / "detector"), seed=SEED, steps=200,
                               batch_size=32, pool=256, size=SIZE, adv_data=sets, adv_fraction=0.75, pgd_steps=3,
                               calib_n=128, device="cpu")
-    if not (OUT / "detector" / "detector.json").is_file():
-        train_detector(cfg, loc)
-    det, meta = load_detector(OUT / "detector" / "detector")
-    thr = float(meta["threshold"])
-    log(f"detector ready ({time.perf_counter() - t0:.0f} s), threshold p > {thr:.3f}")
-    val = evaluate("val", VAL_N, det, thr, loc, OBLIVIOUS + [aware(e, w) for e in AWARE_EPS for w in WEIGHTS])
-    chosen = {e: attackers_best({w: val["attacks"][aware(e, w).name] for w in WEIGHTS}) for e in AWARE_EPS}
-    cached = (OUT / "test.json").is_file() and (OUT / "summary.json").is_file()
-    test = evaluate("test", TEST_N, det, thr, loc, OBLIVIOUS + [aware(e, w) for e, w in chosen.items()])
-    # the time of the run that computed the numbers (a rerun only reads them back)
-    runtime = json.loads((OUT / "summary.json").read_text())["runtime_s"] if cached else time.perf_counter() - t0
+    det, thr, val, test, chosen, runtime = run_detector(cfg, loc, OUT, t0)
     text = "\n".join([
         f"Synthetic {SIZE}x{SIZE} forgeries; localizer `{lpath.relative_to(REPO)}` (the demo's recipe); detector "
         f"`runs/experiments/detector/detector/detector` ({sum(p.numel() for p in det.parameters()):,} parameters, "
@@ -176,13 +172,51 @@ def main() -> None:
         f"`OMP_NUM_THREADS=1 python experiments/detector_val.py --docs`: {runtime:.0f} s on one core for the run "
         "that measured these numbers (another job shared the machine's 2 cores; stages already on disk are read "
         "back, not rerun; the val stage's 12 aware rows are most of it)."])
-    write_json_atomic(OUT / "summary.json", {"chosen_weight": {f"{e * 255:g}/255": w for e, w in chosen.items()},
-                                             "threshold": thr, "runtime_s": runtime,
-                                             "val": val, "test": test})
     print(text)
     if args.docs:
         update_readme_section("detector", text, REPO / "docs" / "ansm.md")
         log("docs/ansm.md updated")
+    # the adversarially trained detector: the same steps, batch, offline sets and calibration; the online positives
+    # (half the steps) are the detector-aware PGD-5 on the detector as it is at that step
+    at_cfg = TrainDetectorConfig(**{**asdict(cfg), "out": str(OUT / "detector-at" / "detector"), "adv_fraction": 0.5,
+                                    "attacks": ["aware-pgd"], "pgd_steps": 5, "aware_weights": list(AT_WEIGHTS)})
+    t1 = time.perf_counter()
+    det_at, thr_at, val_at, test_at, chosen_at, runtime_at = run_detector(at_cfg, loc, OUT / "detector-at", t1)
+    text_at = "\n".join([
+        f"The adversarially trained detector `runs/experiments/detector/detector-at/detector/detector`: the same "
+        f"architecture, {at_cfg.steps} steps, batch, offline attack sets (now on {at_cfg.adv_fraction:.0%} of the steps) and "
+        "calibration as above; the positives of the other steps are the detector-aware PGD-5 (`--attacks aware-pgd`) "
+        f"on the detector as it is at that step, w drawn from {', '.join(f'{w:g}' for w in AT_WEIGHTS)}, eps "
+        f"U[2/255, 10/255], untargeted or hide. Flag threshold p > {thr_at:.3f} (5% FPR on the same clean val "
+        "images). Evaluated exactly as the detector above; w chosen on val per budget as the attacker's best: "
+        + ", ".join(f"w = {w:g} at {e * 255:g}/255" for e, w in chosen_at.items()) + ".", "",
+        f"**test** ({test_at['n_images']} images, {test_at['n_forged']} forged; reported once):", "", table(test_at), "",
+        f"**val** ({val_at['n_images']} images, {val_at['n_forged']} forged; where w was chosen):", "", table(val_at), "",
+        f"`OMP_NUM_THREADS=1 python experiments/detector_val.py --docs`: {runtime_at:.0f} s on one core for this "
+        "detector's training and evaluation (another job shared the machine's 2 cores)."])
+    print(text_at)
+    if args.docs:
+        update_readme_section("detector-at", text_at, REPO / "docs" / "ansm.md")
+        log("docs/ansm.md updated (adversarially trained detector)")
+
+
+def run_detector(cfg: TrainDetectorConfig, loc, folder: Path, t0: float) -> tuple:
+    """Train (or read back) the detector of ``cfg``, evaluate it on val (every aware weight), choose the
+    attacker's weight per budget there, evaluate on test once; results cached in ``folder``."""
+    if not (Path(cfg.out) / "detector.json").is_file():
+        train_detector(cfg, loc)
+    det, meta = load_detector(Path(cfg.out) / "detector")
+    thr = float(meta["threshold"])
+    log(f"{Path(cfg.out).relative_to(REPO)} ready ({time.perf_counter() - t0:.0f} s), threshold p > {thr:.3f}")
+    val = evaluate("val", VAL_N, det, thr, loc, OBLIVIOUS + [aware(e, w) for e in AWARE_EPS for w in WEIGHTS], folder)
+    chosen = {e: attackers_best({w: val["attacks"][aware(e, w).name] for w in WEIGHTS}) for e in AWARE_EPS}
+    cached = (folder / "test.json").is_file() and (folder / "summary.json").is_file()
+    test = evaluate("test", TEST_N, det, thr, loc, OBLIVIOUS + [aware(e, w) for e, w in chosen.items()], folder)
+    # the time of the run that computed the numbers (a rerun only reads them back)
+    runtime = json.loads((folder / "summary.json").read_text())["runtime_s"] if cached else time.perf_counter() - t0
+    write_json_atomic(folder / "summary.json", {"chosen_weight": {f"{e * 255:g}/255": w for e, w in chosen.items()},
+                                                "threshold": thr, "runtime_s": runtime, "val": val, "test": test})
+    return det, thr, val, test, chosen, runtime
 
 
 if __name__ == "__main__":

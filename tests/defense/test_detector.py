@@ -16,7 +16,7 @@ from ansm.attacks import create_attack
 from ansm.attacks.builder import quantize
 from ansm.defense.detector import (AttackDetector, DetectorAttack, TrainDetectorConfig, auc_and_tpr,
                                    evaluate_detector, load_detector, save_detector, threshold_at_fpr, train_detector)
-from ansm.errors import CheckpointError
+from ansm.errors import CheckpointError, ConfigError
 
 runner = CliRunner()
 
@@ -87,6 +87,38 @@ def test_detector_aware_attack_lowers_the_detector_logit(trained_localizer, synt
     oblivious, aware = res["attacks"]["pgd"], res["attacks"]["pgd-aware"]
     assert aware["mean_p"] < oblivious["mean_p"] - 0.1
     assert res["n_images"] == 8 and aware["aware_weight"] == 10.0 and 0 <= aware["f1_loc"] <= 1
+
+
+def test_online_aware_pgd_attacks_the_detector_being_trained(trained_localizer, synthetic_batch, fgsm_split) -> None:
+    """Adversarial training of the detector: the "aware-pgd" positives are crafted against the detector's current
+    weights, so they score lower on it than plain PGD's from the same draw; in budget, and the detector is left
+    in its training mode with no gradient on its weights."""
+    from ansm.defense.detector import online_attack
+    from ansm.utils import seeded_generator
+
+    det = _fit(*fgsm_split[:2]).train()
+    det.zero_grad(set_to_none=True)
+    x, m = synthetic_batch["image"][16:24], synthetic_batch["mask"][16:24]
+    common = (["untargeted"], 8 / 255, 8 / 255, 5)
+    plain, _ = online_attack(trained_localizer, x, m, seeded_generator(3), ["pgd"], *common)
+    aware, label = online_attack(trained_localizer, x, m, seeded_generator(3), ["aware-pgd"], *common,
+                                 detector=det, aware_weights=[10.0])
+    assert label == "aware-pgd/untargeted/8.0/w10"
+    assert (aware - x).abs().max() <= 8 / 255 + 1e-6
+    with torch.no_grad():
+        assert det(aware).mean() < det(plain).mean() - 1.0
+    assert det.training and all(p.grad is None for p in det.parameters())
+    with pytest.raises(ConfigError, match="needs the detector"):
+        online_attack(trained_localizer, x, m, seeded_generator(3), ["aware-pgd"], *common)
+
+
+def test_aware_weights_are_checked(trained_localizer_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="aware_weights must be positive"):
+        TrainDetectorConfig(attacks=["aware-pgd"], aware_weights=[0.0])
+    res = runner.invoke(cli.app, ["train-detector", "--model", str(trained_localizer_path), "--out",
+                                  str(tmp_path / "det"), "--attacks", "aware-pgd", "--aware-weights", "3,x"])
+    assert res.exit_code == 2 and res.output.startswith("error:") and "--aware-weights" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_training_resumes_exactly(tmp_path: Path, trained_localizer) -> None:

@@ -15,6 +15,15 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
+def _weights(text: Optional[str]) -> Optional[list[float]]:
+    from ansm.errors import ConfigError
+
+    try:
+        return [float(t) for t in _split(text)] if text else None
+    except ValueError:
+        raise ConfigError(f"--aware-weights takes numbers separated by commas, got {text!r}") from None
+
+
 @command("train-detector", example="ansm train-detector --model runs/localizer/localizer --out runs/detector "
                                    "--adv-data runs/adv-pgd --steps 300")
 def train_detector_cmd(
@@ -25,7 +34,10 @@ def train_detector_cmd(
     batch_size: Optional[int] = typer.Option(None, help="Images per step, half clean and half attacked (default 32)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (Adam; warm-up then cosine)."),
     width: Optional[int] = typer.Option(None, help="Detector channels (default 16)."),
-    attacks: Optional[str] = typer.Option(None, help="Online attacks, comma-separated (fgsm, pgd, bim, mifgsm)."),
+    attacks: Optional[str] = typer.Option(None, help="Online attacks, comma-separated (fgsm, pgd, bim, mifgsm, "
+                                          "aware-pgd: PGD that must also fool the detector in training)."),
+    aware_weights: Optional[str] = typer.Option(None, help="Weights of the detector term for aware-pgd, "
+                                                "comma-separated (default 1,3,10)."),
     objectives: Optional[str] = typer.Option(None, help="Online objectives, comma-separated (untargeted, hide)."),
     eps_min: Optional[str] = typer.Option(None, help="Smallest online budget, e.g. 2/255."),
     eps_max: Optional[str] = typer.Option(None, help="Largest online budget, e.g. 10/255."),
@@ -52,7 +64,7 @@ def train_detector_cmd(
 
     output_dir(out, "--out")
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "width": width, "attacks": _split(attacks),
-                 "objectives": _split(objectives), "eps_min": eps_min, "eps_max": eps_max, "pgd_steps": pgd_steps,
+                 "objectives": _split(objectives), "aware_weights": _weights(aware_weights), "eps_min": eps_min, "eps_max": eps_max, "pgd_steps": pgd_steps,
                  "adv_data": [str(p) for p in adv_data] if adv_data else None, "adv_fraction": adv_fraction,
                  "benign_prob": benign_prob, "noise_std": noise_std, "pool": pool, "size": size, "calib_n": calib_n}
     cfg = TrainDetectorConfig(localizer=model, out=str(out), seed=seed, device=device,

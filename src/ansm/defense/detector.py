@@ -13,7 +13,9 @@ the weights of an uninterrupted one:
   ``ansm attack`` (``adv_data``, for a share ``adv_fraction`` of the steps; read as the ANSM trainer reads them,
   :func:`ansm.defense.data.load_adversarial_pool`) or attacked online on the frozen localizer (an attack from
   ``attacks``, an objective from ``objectives``, a budget uniform in ``[eps_min, eps_max]``), rounded to 8 bits
-  inside the budget as a saved PNG would be;
+  inside the budget as a saved PNG would be. ``aware-pgd`` among ``attacks`` is adversarial training of the
+  detector: a PGD on the localizer *and the detector as it is at that step* (:class:`DetectorAware`, a weight from
+  ``aware_weights``), the attacker an analyst will face once the detector is public;
 * **negatives**: the other half, clean training images (authentic and forged alike: a forgery is not an attack),
   of which a share ``benign_prob`` gets a *benign* change first: Gaussian noise of std uniform in
   ``[0, noise_std]`` (3/255 by default, sensor-noise level) or a JPEG re-encode at quality uniform in
@@ -63,7 +65,9 @@ TARGET_FPR = 0.05
 # (the untargeted attack's own success bar, ansm.attacks.objectives.Untargeted): the analyst sees no flag and a
 # wrong mask, the only outcome in which a detector-aware attacker has won.
 EVADED_F1 = 0.1
-ONLINE_ATTACKS = ("fgsm", "pgd", "bim", "mifgsm")
+# online attacks for training; "aware-pgd" is a PGD that must fool the detector being trained as well as the localizer
+# (DetectorAware through JointTarget, a weight drawn from ``aware_weights``): adversarial training of the detector
+ONLINE_ATTACKS = ("fgsm", "pgd", "bim", "mifgsm", "aware-pgd")
 
 
 class AttackDetector(nn.Module):
@@ -225,7 +229,7 @@ class DetectorAware(Objective):
 
 # -------------------------------------------------------------------------------------------------- training
 _RESUME_KEYS = ("localizer", "seed", "steps", "batch_size", "lr", "width", "eps_ref", "use_image", "attacks",
-                "objectives", "eps_min", "eps_max", "pgd_steps", "adv_data", "adv_fraction", "benign_prob",
+                "objectives", "eps_min", "eps_max", "pgd_steps", "aware_weights", "adv_data", "adv_fraction", "benign_prob",
                 "noise_std", "jpeg_min", "jpeg_max", "pool", "size", "source")
 
 
@@ -248,6 +252,7 @@ class TrainDetectorConfig:
     eps_min: float = 2 / 255
     eps_max: float = 10 / 255
     pgd_steps: int = 5
+    aware_weights: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0])  # for "aware-pgd", one per batch
     adv_data: list[str] = field(default_factory=list)  # folders built by `ansm attack` on the same training pool
     adv_fraction: float = 0.5  # share of steps whose positives come from adv_data (when given)
     benign_prob: float = 0.5  # share of clean negatives given benign noise or JPEG
@@ -282,6 +287,9 @@ class TrainDetectorConfig:
             raise ConfigError(f"online attacks must be among {', '.join(ONLINE_ATTACKS)}, got {self.attacks}")
         if not self.objectives or set(self.objectives) - {"untargeted", "hide"}:
             raise ConfigError(f"objectives must be among untargeted, hide; got {self.objectives}")
+        self.aware_weights = [float(w) for w in self.aware_weights]
+        if "aware-pgd" in self.attacks and (not self.aware_weights or min(self.aware_weights) <= 0):
+            raise ConfigError(f"aware_weights must be positive numbers for the aware-pgd attack, got {self.aware_weights}")
         if self.adv_fraction == 1 and not self.adv_data:
             raise ConfigError("adv_fraction is 1 but no adv_data folders were given")
         self.adv_data = [str(p) for p in self.adv_data]
@@ -298,25 +306,39 @@ def lr_at(step: int, cfg: TrainDetectorConfig) -> float:
 
 def online_attack(localizer: nn.Module, x: torch.Tensor, m: torch.Tensor, g: torch.Generator,
                   attacks: Sequence[str], objectives: Sequence[str], eps_min: float, eps_max: float,
-                  pgd_steps: int) -> tuple[torch.Tensor, str]:
-    """Attack ``x`` on ``localizer`` with an attack, objective and budget drawn from ``g``; 8-bit rounded."""
+                  pgd_steps: int, detector: nn.Module | None = None,
+                  aware_weights: Sequence[float] = ()) -> tuple[torch.Tensor, str]:
+    """Attack ``x`` on ``localizer`` with an attack, objective and budget drawn from ``g``; 8-bit rounded.
+
+    ``aware-pgd`` attacks ``[localizer, detector]`` together (:class:`DetectorAware`, a weight drawn from
+    ``aware_weights``): the detector in training sees the attacker that knows it, as an adversarially trained
+    classifier sees PGD on itself."""
     from ansm.attacks import create_attack
     from ansm.attacks.builder import quantize
 
     name = attacks[int(torch.randint(len(attacks), (1,), generator=g))]
-    objective = objectives[int(torch.randint(len(objectives), (1,), generator=g))]
+    objective: str | Objective = objectives[int(torch.randint(len(objectives), (1,), generator=g))]
     eps = eps_min + (eps_max - eps_min) * torch.rand(1, generator=g).item()
     eps = max(eps, 1 / 255)
+    model: nn.Module = localizer
+    label = f"{name}/{objective}/{eps * 255:.1f}"
+    if name == "aware-pgd":
+        if detector is None or not aware_weights:
+            raise ConfigError("the aware-pgd online attack needs the detector and at least one weight")
+        weight = aware_weights[int(torch.randint(len(aware_weights), (1,), generator=g))]
+        model, objective, name = JointTarget(localizer, detector), DetectorAware(objective, weight), "pgd"
+        label += f"/w{weight:g}"
     kwargs: dict[str, Any] = {"eps": eps, "objective": objective}
     if name != "fgsm":
         kwargs |= {"steps": pgd_steps, "alpha": 2.5 * eps / pgd_steps}
-    x_a = create_attack(name, localizer, **kwargs)(x, m, generator=seeded_generator(int(g.initial_seed() % 2**31), 7))
-    return quantize(x_a, x, eps), f"{name}/{objective}/{eps * 255:.1f}"
+    x_a = create_attack(name, model, **kwargs)(x, m, generator=seeded_generator(int(g.initial_seed() % 2**31), 7))
+    return quantize(x_a, x, eps), label
 
 
 def make_batch(step: int, cfg: TrainDetectorConfig, localizer: nn.Module, pool: Any, adv: Any,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Step ``step``'s (images, labels, source of the positives): a function of ``(seed, step)``."""
+               device: torch.device, detector: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Step ``step``'s (images, labels, source of the positives): a function of ``(seed, step)`` and, for the
+    ``aware-pgd`` attack, of the detector's current weights (``detector``, put in eval mode while it is attacked)."""
     from ansm.defense.data import random_flip_rot90
 
     g = seeded_generator(cfg.seed, step)
@@ -333,7 +355,8 @@ def make_batch(step: int, cfg: TrainDetectorConfig, localizer: nn.Module, pool: 
         j = torch.randint(len(pool), (n_pos,), generator=g)
         x, m = random_flip_rot90([pool.images[j], pool.masks[j]], g)
         pos, source = online_attack(localizer, x.float().to(device) / 255, m.float().to(device), g, cfg.attacks,
-                                    cfg.objectives, cfg.eps_min, cfg.eps_max, cfg.pgd_steps)
+                                    cfg.objectives, cfg.eps_min, cfg.eps_max, cfg.pgd_steps, detector,
+                                    cfg.aware_weights)
         source = "online:" + source
     images = torch.cat([clean.to(device), pos.to(device)])
     labels = torch.cat([torch.zeros(n_neg), torch.ones(n_pos)]).to(device)
@@ -404,7 +427,7 @@ def train_detector(cfg: TrainDetectorConfig, localizer: nn.Module | None = None,
     for step in range(start, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        images, labels, _src = make_batch(step, cfg, localizer, pool, adv, device)
+        images, labels, _src = make_batch(step, cfg, localizer, pool, adv, device, det)
         loss = F.binary_cross_entropy_with_logits(det(images), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
