@@ -119,6 +119,9 @@ def test_aware_weights_are_checked(trained_localizer_path: Path, tmp_path: Path)
                                   str(tmp_path / "det"), "--attacks", "aware-pgd", "--aware-weights", "3,x"])
     assert res.exit_code == 2 and res.output.startswith("error:") and "--aware-weights" in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(cli.app, ["train-detector", "--model", str(trained_localizer_path), "--out",
+                                  str(tmp_path / "det"), "--aware-weights", "3"])
+    assert res.exit_code == 2 and "add it to --attacks" in res.output, res.output
 
 
 def test_training_resumes_exactly(tmp_path: Path, trained_localizer) -> None:

@@ -54,7 +54,8 @@ def train_detector_cmd(
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
 ) -> None:
     """Train a light detector that flags attacked images: positives are attacked training images (online FGSM/PGD
-    on the localizer at random budgets, and/or --adv-data sets), negatives clean ones (authentic and forged), half
+    on the localizer at random budgets, and/or --adv-data sets; --attacks aware-pgd trains it adversarially, against
+    a PGD that also fools the detector as it is at each step), negatives clean ones (authentic and forged), half
     with benign Gaussian noise or JPEG so that noise alone is not flagged. The flag threshold is calibrated to 5%
     false positives on clean val images.
 
@@ -64,9 +65,14 @@ def train_detector_cmd(
 
     output_dir(out, "--out")
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "width": width, "attacks": _split(attacks),
-                 "objectives": _split(objectives), "aware_weights": _weights(aware_weights), "eps_min": eps_min, "eps_max": eps_max, "pgd_steps": pgd_steps,
+                 "objectives": _split(objectives), "aware_weights": _weights(aware_weights), "eps_min": eps_min,
+                 "eps_max": eps_max, "pgd_steps": pgd_steps,
                  "adv_data": [str(p) for p in adv_data] if adv_data else None, "adv_fraction": adv_fraction,
                  "benign_prob": benign_prob, "noise_std": noise_std, "pool": pool, "size": size, "calib_n": calib_n}
+    if aware_weights and "aware-pgd" not in (overrides["attacks"] or []):
+        from ansm.errors import ConfigError
+
+        raise ConfigError("--aware-weights applies only to the aware-pgd attack: add it to --attacks")
     cfg = TrainDetectorConfig(localizer=model, out=str(out), seed=seed, device=device,
                               **{k: v for k, v in overrides.items() if v is not None})
     seed_everything(seed)
