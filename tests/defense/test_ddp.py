@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ansm.defense import load_ansm
@@ -37,13 +38,18 @@ def test_two_process_ddp_run(tmp_path: Path, trained_localizer_path: Path) -> No
     assert (y - x).abs().max() <= model.eps_d + 1e-6 and not torch.equal(y, x)
 
 
-def test_train_localizer_under_torchrun_matches_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--adv-eps", "8/255", "--adv-steps", "2", "--adv-fraction", "0.75"],
+                                   ["--adv-eps", "4/255", "--adv-steps", "2", "--trades", "1"]],
+                         ids=["clean", "pgd", "trades"])
+def test_train_localizer_under_torchrun_matches_one_process(tmp_path: Path, extra: list[str]) -> None:
     """Two gloo processes, each with half of every global batch (gradients averaged), end at the weights one
-    process reaches with the whole batch: the batches do not depend on the number of processes."""
+    process reaches with the whole batch: the batches, and which images are attacked from which PGD random start
+    (adversarial training: 3 of 4 images, split 2 + 1 across the processes; TRADES), do not depend on the number
+    of processes."""
     from ansm.models.registry import load_localizer
 
     args = ["train-localizer", "--arch", "unet-small", "--steps", "3", "--batch-size", "4", "--size", "32",
-            "--crop", "32", "--pool", "8", "--eval-n", "0", "--device", "cpu", "--seed", "2"]
+            "--crop", "32", "--pool", "8", "--eval-n", "0", "--device", "cpu", "--seed", "2", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ANSM_PROGRESS": ""}
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python",
            _ansm_executable(), *args, "--out", str(tmp_path / "two")]

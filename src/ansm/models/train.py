@@ -16,8 +16,8 @@ steps an uninterrupted run would. The checkpoint ``<out>/train_state`` is rewrit
 On a GPU: ``device="cuda"`` (or ``auto``) runs there, with mixed precision (fp16 autocast and a gradient scaler)
 unless ``amp`` is off; under ``torchrun`` every rank takes its slice of each global batch, the model is wrapped in
 ``DistributedDataParallel`` (gradients averaged) and rank 0 validates and writes the files. The batches do not
-depend on the number of processes, so one CPU process and N GPUs train on the same examples (adversarial
-training aside: each rank draws its PGD random starts for its own slice).
+depend on the number of processes, so one CPU process and N GPUs train on the same examples, adversarial ones
+included (a PGD random start is drawn from the image's place in the global batch).
 """
 
 from __future__ import annotations
@@ -199,31 +199,55 @@ def augmented_batch(images: torch.Tensor, masks: torch.Tensor, step: int, cfg: T
     return x, m
 
 
-def adversarial_share(model: nn.Module, x: torch.Tensor, m: torch.Tensor, step: int,
-                      cfg: TrainLocalizerConfig) -> torch.Tensor:
-    """Replace the first ``adv_fraction`` of the batch by PGD examples against the current weights.
+def _start_generators(cfg: TrainLocalizerConfig, step: int, rows: range) -> list[torch.Generator]:
+    """One generator per image of the global batch's ``rows``, seeded by ``(seed, step, row)`` and apart from the
+    batch's own stream: a PGD random start depends on the image's place in the global batch, not on how many
+    processes share the batch, so one process and N under ``torchrun`` craft the same adversarial examples."""
+    return [seeded_generator(cfg.seed, step + 7_919, i) for i in rows]
 
-    The attack runs the model in eval mode and gives each submodule its mode back, so training resumes as it was.
+
+def _global_rows(x: torch.Tensor, cfg: TrainLocalizerConfig, rows: slice | None) -> range:
+    """The global batch's row indices: ``x`` is all of it (``rows`` None) or the slice ``rows`` of ``batch_size``."""
+    whole = range(x.shape[0] if rows is None else cfg.batch_size)
+    if len(whole[rows or slice(None)]) != x.shape[0]:  # a programming error, not a user's
+        raise ValueError(f"{x.shape[0]} images for rows {rows} of a batch of {len(whole)}")
+    return whole
+
+
+def adversarial_share(model: nn.Module, x: torch.Tensor, m: torch.Tensor, step: int,
+                      cfg: TrainLocalizerConfig, rows: slice | None = None) -> torch.Tensor:
+    """Replace the first ``adv_fraction`` of the global batch by PGD examples against the current weights.
+
+    ``x`` is the rows ``rows`` of the global batch (this process's slice under ``torchrun``; None: all of it), so
+    which images are attacked, and from which random start, is the same for any number of processes. The attack
+    runs the model in eval mode and gives each submodule its mode back, so training resumes as it was.
     """
     from ansm.attacks import create_attack
 
-    k = max(1, round(cfg.adv_fraction * x.shape[0]))
+    whole = _global_rows(x, cfg, rows)
+    k = max(1, round(cfg.adv_fraction * len(whole)))  # attacked: global rows 0..k-1
+    rows_here = whole[rows or slice(None)]
+    local = sum(1 for i in rows_here if i < k)
+    if local == 0:
+        return x
     pgd = create_attack("pgd", model, eps=cfg.adv_eps, alpha=2.5 * cfg.adv_eps / cfg.adv_steps, steps=cfg.adv_steps)
-    g = seeded_generator(cfg.seed, step + 7_919)  # not the batch's own stream
-    return torch.cat([pgd(x[:k], m[:k], generator=g), x[k:]])
+    return torch.cat([pgd(x[:local], m[:local], generator=_start_generators(cfg, step, rows_here[:local])), x[local:]])
 
 
-def trades_example(model: nn.Module, x: torch.Tensor, step: int, cfg: TrainLocalizerConfig) -> torch.Tensor:
+def trades_example(model: nn.Module, x: torch.Tensor, step: int, cfg: TrainLocalizerConfig,
+                   rows: slice | None = None) -> torch.Tensor:
     """TRADES' inner maximisation: PGD (``adv_steps``, from a random start in the ``adv_eps`` ball) on the
     Bernoulli KL from the model's clean prediction. Maximising BCE against the soft labels ``sigmoid(V(x))`` is
-    the same problem (the KL minus a constant in ``x'``), so the untargeted PGD of ``ansm.attacks`` does it as is."""
+    the same problem (the KL minus a constant in ``x'``), so the untargeted PGD of ``ansm.attacks`` does it as is.
+    ``rows``: as :func:`adversarial_share`'s (the random starts follow the global batch)."""
     from ansm.attacks import create_attack
     from ansm.attacks.base import eval_mode
 
+    rows_here = _global_rows(x, cfg, rows)[rows or slice(None)]
     with torch.no_grad(), eval_mode(model):
         soft = torch.sigmoid(model(x)).float()
     pgd = create_attack("pgd", model, eps=cfg.adv_eps, alpha=2.5 * cfg.adv_eps / cfg.adv_steps, steps=cfg.adv_steps)
-    return pgd(x, soft, generator=seeded_generator(cfg.seed, step + 7_919))
+    return pgd(x, soft, generator=_start_generators(cfg, step, rows_here))
 
 
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg: TrainLocalizerConfig,
@@ -322,9 +346,9 @@ def _train(cfg: TrainLocalizerConfig, ctx: DistContext, on_step: Callable[[int, 
         x, m = x[rows].to(ctx.device), m[rows].to(ctx.device)  # this rank's slice of the global batch
         x_trades = None
         if cfg.adv_eps > 0 and cfg.trades_beta > 0:
-            x_trades = trades_example(model, x, step, cfg)
+            x_trades = trades_example(model, x, step, cfg, rows)
         elif cfg.adv_eps > 0:
-            x = adversarial_share(model, x, m, step, cfg)
+            x = adversarial_share(model, x, m, step, cfg, rows)
         with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
             # TRADES: clean and adversarial halves in one pass (DDP allows one forward per backward)
             logits = net(x if x_trades is None else torch.cat([x, x_trades]))
