@@ -131,6 +131,12 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def results(test: dict, val: dict) -> list[str]:
+    """The test table (reported once), then the val one (where w was chosen), as lines of the docs section."""
+    return [f"**test** ({test['n_images']} images, {test['n_forged']} forged; reported once):", "", table(test), "",
+            f"**val** ({val['n_images']} images, {val['n_forged']} forged; where w was chosen):", "", table(val), ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", action="store_true", help="write the tables into docs/ansm.md")
@@ -167,8 +173,7 @@ def main() -> None:
         + ", ".join(f"w = {w:g} at {e * 255:g}/255" for e, w in chosen.items())
         + ". Bootstrap 95% intervals over images (AUC/TPR: positives and negatives resampled apart; F1: forged "
         "images).", "",
-        f"**test** ({test['n_images']} images, {test['n_forged']} forged; reported once):", "", table(test), "",
-        f"**val** ({val['n_images']} images, {val['n_forged']} forged; where w was chosen):", "", table(val), "",
+        *results(test, val),
         f"`OMP_NUM_THREADS=1 python experiments/detector_val.py --docs`: {runtime:.0f} s on one core for the run "
         "that measured these numbers (another job shared the machine's 2 cores; stages already on disk are read "
         "back, not rerun; the val stage's 12 aware rows are most of it)."])
@@ -190,8 +195,7 @@ def main() -> None:
         f"U[2/255, 10/255], untargeted or hide. Flag threshold p > {thr_at:.3f} (5% FPR on the same clean val "
         "images). Evaluated exactly as the detector above; w chosen on val per budget as the attacker's best: "
         + ", ".join(f"w = {w:g} at {e * 255:g}/255" for e, w in chosen_at.items()) + ".", "",
-        f"**test** ({test_at['n_images']} images, {test_at['n_forged']} forged; reported once):", "", table(test_at), "",
-        f"**val** ({val_at['n_images']} images, {val_at['n_forged']} forged; where w was chosen):", "", table(val_at), "",
+        *results(test_at, val_at),
         f"`OMP_NUM_THREADS=1 python experiments/detector_val.py --docs`: {runtime_at:.0f} s on one core for this "
         "detector's training and evaluation (another job shared the machine's 2 cores)."])
     print(text_at)

@@ -67,12 +67,19 @@ class Renoise(nn.Module):
         super().__init__()
         self.low, self.window, self.seed = GaussianBlur(sigma_lp), GaussianBlur(sigma_win), seed
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """R's two paths: the low-pass image and the local residual RMS ``s``."""
         low = self.low(x)
-        s = (self.window((x - low).pow(2).mean(1, keepdim=True)) + 1e-8).sqrt()
-        n = torch.randn((1, *x.shape[1:]), generator=torch.Generator().manual_seed(self.seed)).to(x)
+        return low, (self.window((x - low).pow(2).mean(1, keepdim=True)) + 1e-8).sqrt()
+
+    def compose(self, low: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """``low + s * n`` with the fixed high-pass noise pattern ``n`` (unit std), clipped to [0, 1]."""
+        n = torch.randn((1, *low.shape[1:]), generator=torch.Generator().manual_seed(self.seed)).to(low)
         n = n - self.low(n)
         return (low + s * n / n.std()).clamp(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compose(*self.paths(x))
 
 
 def fine_tune(front: nn.Module, localizer: nn.Module) -> nn.Module:
@@ -184,18 +191,13 @@ class OnePath(nn.Module):
 
     def __init__(self, front: Renoise, localizer: nn.Module, fixed: str, x0: torch.Tensor) -> None:
         super().__init__()
-        self.front, self.localizer, self.fixed, self.x0 = front, localizer, fixed, x0
-
-    def paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        low = self.front.low(x)
-        return low, (self.front.window((x - low).pow(2).mean(1, keepdim=True)) + 1e-8).sqrt()
+        self.front, self.localizer, self.fixed = front, localizer, fixed
+        with torch.no_grad():
+            self.clean = front.paths(x0)  # (low, s) of the clean images, the same at every attack step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (low, s), (low0, s0) = self.paths(x), self.paths(self.x0)
-        low, s = (low0, s) if self.fixed == "low" else (low, s0)
-        n = torch.randn((1, *x.shape[1:]), generator=torch.Generator().manual_seed(self.front.seed)).to(x)
-        n = n - self.front.low(n)
-        return self.localizer((low + s * n / n.std()).clamp(0, 1))
+        (low, s), (low0, s0) = self.front.paths(x), self.clean
+        return self.localizer(self.front.compose(*((low0, s) if self.fixed == "low" else (low, s0))))
 
 
 def one_path(front: Renoise, localizer: nn.Module, fixed: str, batches: list) -> dict[str, float]:

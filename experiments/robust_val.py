@@ -181,7 +181,7 @@ def main() -> None:
         missing = [n for n, r in zip(names, rows) if r is None]
         # a table is written only whole, except the stochastic sweep's (an hour and more per sigma on 2 CPU cores):
         # its finished rows, and which are still to run
-        if missing and (section not in PARTIAL_OK or len(missing) == len(names) or rows[0] is None):
+        if missing and (section not in PARTIAL_OK or rows[0] is None):  # rows[0]: the reference row
             continue
         text = table([r for r in rows if r is not None], choosing=section != "probes-val")
         if missing:

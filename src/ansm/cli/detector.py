@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ansm.cli.app import command, progress
+from ansm.errors import ConfigError
 from ansm.validate import output_dir
 
 
@@ -16,8 +17,6 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
 
 
 def _weights(text: Optional[str]) -> Optional[list[float]]:
-    from ansm.errors import ConfigError
-
     try:
         return [float(t) for t in _split(text)] if text else None
     except ValueError:
@@ -70,8 +69,6 @@ def train_detector_cmd(
                  "adv_data": [str(p) for p in adv_data] if adv_data else None, "adv_fraction": adv_fraction,
                  "benign_prob": benign_prob, "noise_std": noise_std, "pool": pool, "size": size, "calib_n": calib_n}
     if aware_weights and "aware-pgd" not in (overrides["attacks"] or []):
-        from ansm.errors import ConfigError
-
         raise ConfigError("--aware-weights applies only to the aware-pgd attack: add it to --attacks")
     cfg = TrainDetectorConfig(localizer=model, out=str(out), seed=seed, device=device,
                               **{k: v for k, v in overrides.items() if v is not None})

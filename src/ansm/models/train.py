@@ -206,12 +206,14 @@ def _start_generators(cfg: TrainLocalizerConfig, step: int, rows: range) -> list
     return [seeded_generator(cfg.seed, step + 7_919, i) for i in rows]
 
 
-def _global_rows(x: torch.Tensor, cfg: TrainLocalizerConfig, rows: slice | None) -> range:
-    """The global batch's row indices: ``x`` is all of it (``rows`` None) or the slice ``rows`` of ``batch_size``."""
-    whole = range(x.shape[0] if rows is None else cfg.batch_size)
-    if len(whole[rows or slice(None)]) != x.shape[0]:  # a programming error, not a user's
-        raise ValueError(f"{x.shape[0]} images for rows {rows} of a batch of {len(whole)}")
-    return whole
+def _rows_in_batch(x: torch.Tensor, cfg: TrainLocalizerConfig, rows: slice | None) -> tuple[int, range]:
+    """(global batch size, ``x``'s rows in it): ``x`` is the whole batch (``rows`` None) or the slice ``rows`` of
+    ``batch_size``."""
+    size = x.shape[0] if rows is None else cfg.batch_size
+    here = range(size)[rows or slice(None)]
+    if len(here) != x.shape[0]:  # a programming error, not a user's
+        raise ValueError(f"{x.shape[0]} images for rows {rows} of a batch of {size}")
+    return size, here
 
 
 def adversarial_share(model: nn.Module, x: torch.Tensor, m: torch.Tensor, step: int,
@@ -224,9 +226,8 @@ def adversarial_share(model: nn.Module, x: torch.Tensor, m: torch.Tensor, step: 
     """
     from ansm.attacks import create_attack
 
-    whole = _global_rows(x, cfg, rows)
-    k = max(1, round(cfg.adv_fraction * len(whole)))  # attacked: global rows 0..k-1
-    rows_here = whole[rows or slice(None)]
+    size, rows_here = _rows_in_batch(x, cfg, rows)
+    k = max(1, round(cfg.adv_fraction * size))  # attacked: global rows 0..k-1
     local = sum(1 for i in rows_here if i < k)
     if local == 0:
         return x
@@ -243,7 +244,7 @@ def trades_example(model: nn.Module, x: torch.Tensor, step: int, cfg: TrainLocal
     from ansm.attacks import create_attack
     from ansm.attacks.base import eval_mode
 
-    rows_here = _global_rows(x, cfg, rows)[rows or slice(None)]
+    _, rows_here = _rows_in_batch(x, cfg, rows)
     with torch.no_grad(), eval_mode(model):
         soft = torch.sigmoid(model(x)).float()
     pgd = create_attack("pgd", model, eps=cfg.adv_eps, alpha=2.5 * cfg.adv_eps / cfg.adv_steps, steps=cfg.adv_steps)
