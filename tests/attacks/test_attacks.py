@@ -22,7 +22,7 @@ def _make(name: str, model, objective: str = "untargeted", **kw):
 
 
 # the attacks that query the model (noise-equalize never does: its own tests are in test_equalize.py)
-MODEL_ATTACKS = [name for name in list_attacks() if name not in ("noise-equalize", "region-denoise")]  # model-free
+MODEL_ATTACKS = [name for name in list_attacks() if name not in ("noise-equalize", "noise-match", "region-denoise")]  # model-free
 
 
 def _f1(model, x, m) -> torch.Tensor:
@@ -31,7 +31,7 @@ def _f1(model, x, m) -> torch.Tensor:
 
 
 def test_registry_names() -> None:
-    assert list_attacks() == ["bim", "cw-l2", "fgsm", "mifgsm", "noise-equalize", "pgd", "pgd-l2", "region-denoise", "segpgd",
+    assert list_attacks() == ["bim", "cw-l2", "fgsm", "mifgsm", "noise-equalize", "noise-match", "pgd", "pgd-l2", "region-denoise", "segpgd",
                             "square"]
 
 

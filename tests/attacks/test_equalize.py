@@ -62,3 +62,30 @@ def test_region_denoise_stays_in_the_mask_and_budget_and_quiets_the_region() -> 
         ratio = _energy(adv, m) / _energy(x, m)
         assert ratio < most, (eps, ratio)
     assert torch.equal(create_attack("region-denoise", lambda z: z[:, :1], eps="8/255")(x, torch.zeros_like(m)), x)
+
+
+def _log_gap(x: torch.Tensor, m: torch.Tensor) -> float:
+    return abs(float(torch.log(torch.tensor(_energy(x, m) / _energy(x, 1 - m)))))
+
+
+def test_noise_match_stays_in_budget_and_closes_the_gap_more_than_either_half() -> None:
+    for region_noisier in (True, False):
+        x, m = _noise_gap_image(region_noisier)
+        match = create_attack("noise-match", lambda z: z[:, :1], eps="8/255")
+        adv = match(x, m, generator=torch.Generator().manual_seed(1))
+        assert (adv - x).abs().max() <= 8 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+        equalized = create_attack("noise-equalize", lambda z: z[:, :1], eps="8/255")(x, m, generator=torch.Generator().manual_seed(1))
+        denoised = create_attack("region-denoise", lambda z: z[:, :1], eps="8/255")(x, m)
+        before, after = _log_gap(x, m), _log_gap(adv, m)
+        # ~50-100x apart before (log ~4); matched to within 15% of each other's energy after, closer than either half
+        assert before > 3.5 and after < 0.15, (region_noisier, before, after)
+        assert after < _log_gap(equalized, m) and after < _log_gap(denoised, m)
+
+
+def test_noise_match_leaves_authentic_images_alone_and_is_seeded() -> None:
+    x, m = _noise_gap_image(True)
+    attack = create_attack("noise-match", lambda z: z[:, :1], eps="4/255")
+    assert torch.equal(attack(x, torch.zeros_like(m), generator=torch.Generator().manual_seed(0)), x)
+    a = attack(x, m, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, attack(x, m, generator=torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, attack(x, m, generator=torch.Generator().manual_seed(4)))

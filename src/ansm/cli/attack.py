@@ -23,7 +23,8 @@ def attack_cmd(
     attack: str = typer.Option("pgd", "--attack", "-a", help="fgsm, bim, pgd, pgd-l2, mifgsm, cw-l2, segpgd, square "
                                                              "(gradient-free), noise-equalize (model-free: noise on the "
                                                              "quieter side of the mask), region-denoise (model-free: "
-                                                             "the region smoothed by at most eps)."),
+                                                             "the region smoothed by at most eps), noise-match "
+                                                             "(model-free: both sides brought to one noise level)."),
     objective: str = typer.Option("untargeted", help="untargeted (break the mask) or hide (make it look authentic)."),
     eps: Optional[str] = typer.Option(None, help="Budget, e.g. 8/255 (L-inf; L2 for pgd-l2; optional L-inf cap for cw-l2)."),
     alpha: Optional[str] = typer.Option(None, help="Step size, e.g. 2/255."),
