@@ -57,10 +57,16 @@ def _real_root(root: Path) -> Path:
     return root
 
 
-def test_a_tiny_run_through_val_resumes_and_refuses_other_settings(tmp_path: Path, trained_localizer_path: Path) -> None:
+def test_a_tiny_run_through_every_stage_resumes_and_refuses_other_settings(tmp_path: Path,
+                                                                          trained_localizer_path: Path) -> None:
+    """Through val (the attack sets, the recipe rule), then on to stage 7 (informed): the robust ANSM and the
+    adversarial fine-tuning trained per seed at the plain ANSM's budget, scored per image, resumed from the cells."""
+    from ansm.checkpoint import load_checkpoint_meta
+
     root, out = _real_root(tmp_path / "real"), tmp_path / "bench"
     args = ["benchmark", "--preset", "real", "--data", str(root), "--model", str(trained_localizer_path), "--out",
-            str(out), "--device", "cpu", *TINY]
+            str(out), "--device", "cpu", *TINY, "--set", "seeds=[0,1]", "--set", "informed_n=2",
+            "--set", "informed_steps=2", "--set", "informed_eps=8/255,4/255"]
     res = runner.invoke(cli.app, [*args, "--until", "val"])
     assert res.exit_code == 0, res.output
     # the attack sets hold train images only: every 4th of the 8 (the shard), none of val's or test's
@@ -71,17 +77,50 @@ def test_a_tiny_run_through_val_resumes_and_refuses_other_settings(tmp_path: Pat
     assert done["val"]["n_forged"] == 4 and "test" not in done
     report = (out / "report.md").read_text()
     assert "ANSM recipes on val" in report and "**chosen**" in report and "CASIA v1 test" in report
-    # resuming finds every stage done (no training), and a changed setting is refused in one line
+    # resuming finds every stage done (no checkpoint written again), and a changed setting is refused in one line
+    def stamps(folder: Path) -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in folder.rglob("*.safetensors")}
+
+    trained = stamps(out / "ansm" / "val")
     res = runner.invoke(cli.app, [*args, "--until", "val"])
-    assert res.exit_code == 0 and "trained ANSM" not in res.output
+    assert res.exit_code == 0 and stamps(out / "ansm" / "val") == trained
     res = runner.invoke(cli.app, [*args, "--set", "stage2_steps=3", "--until", "val"])
     assert res.exit_code == 2 and "stage2_steps" in res.output and "Traceback" not in res.output
+
+    # stage 7: robust ANSM and adversarial fine-tuning per seed at the same 4 steps x batch 2
+    res = runner.invoke(cli.app, [*args, "--until", "informed"])
+    assert res.exit_code == 0, res.output
+    informed = out / "ansm" / "informed"
+    for s in (0, 1):  # the robust recipe on top of the val-chosen one, and fine-tuning at the same 4 steps x batch 2
+        robust = load_checkpoint_meta(informed / f"robust-s{s}" / "ansm")["train_config"]
+        assert robust["defended_fraction"] == 1.0 and robust["stage1_steps"] + robust["stage2_steps"] == 4
+        tuned = load_checkpoint_meta(informed / f"adv-finetune-s{s}" / "localizer")["training"]["config"]
+        assert (tuned["steps"], tuned["batch_size"], tuned["adv_fraction"]) == (4, 2, 1.0)
+        assert tuned["adv_eps"] == pytest.approx(8 / 255) and tuned["split"] == "train"
+    done = load_finished(out)["informed"]
+    assert done["n_forged"] == 2 and done["eps"] == [4, 8]
+    assert set(done["groups"]) == {"none", "ansm@s0", "ansm@s1", "ansm-robust@s0", "ansm-robust@s1",
+                                   "adv-finetune@s0", "adv-finetune@s1"}
+    for key, m in done["means"].items():
+        assert ("gray-box" in m) == key.startswith("ansm")  # only the ANSMs have another seed's weights to attack
+        for e in (4, 8):  # the oblivious image is one of the white-box candidates, so white-box <= oblivious
+            assert 0 <= m[f"white-box {e}"] <= m["oblivious"] + 1e-9
+    report = (out / "report.md").read_text()
+    assert "Attackers who know the defense" in report and "robust ANSM" in report and "white-box 4/255" in report
+    # killed after scoring the images: the summary is rebuilt from the per-image cells, nothing retrained or attacked
+    (out / "ansm" / "informed.json").unlink()
+    trained, cells = stamps(informed), {p: p.stat().st_mtime_ns for p in (informed / "cells").glob("*.json")}
+    res = runner.invoke(cli.app, [*args, "--until", "informed"])
+    assert res.exit_code == 0, res.output
+    assert stamps(informed) == trained and {p: p.stat().st_mtime_ns for p in (informed / "cells").glob("*.json")} == cells
+    assert load_finished(out)["informed"]["means"] == done["means"]
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--defenses", "jpeg"], "not used by preset real"),
     (["--until", "seedz"], "--until must be one of"),
     (["--set", "seeds=[0]"], "at least two distinct seeds"),
+    (["--set", "informed_eps=4/255,2"], "informed_eps"),
 ])
 def test_one_line_errors(tmp_path: Path, extra: list[str], message: str) -> None:
     res = runner.invoke(cli.app, ["benchmark", "--preset", "real", "--data", str(_real_root(tmp_path / "r")),
@@ -96,3 +135,4 @@ def test_a_failing_stage_stops_with_one_line(tmp_path: Path) -> None:
                                   "--until", "protocol"])
     assert res.exit_code == 2, res.output
     assert "stage `ansm evaluate` failed" in res.output and "Traceback" not in res.output
+

@@ -18,7 +18,10 @@ Stages, each resumable under ``out`` (every finished stage is a file; a killed r
 6. ``test``: every seed on the forged CASIA v1 ``test`` images under the trained attacks and seven unseen ones
    (:func:`ansm.demo.demo_attacks`), all seeds scored on the same adversarial images; then, on the first
    ``adaptive_n`` of them, PGD-10 through each seed's ANSM, scored on that seed (white-box) and on the next seed
-   (gray-box: the attacker knows the recipe, not the weights).
+   (gray-box: the attacker knows the recipe, not the weights);
+7. ``informed`` (only with ``--until informed``: it trains six more models and attacks each): the plain ANSM,
+   the robust ANSM and PGD adversarial fine-tuning side by side at equal budgets under oblivious, gray-box and
+   white-box attacks with restarts at several budgets (:mod:`ansm.benchmark.real_informed`).
 
 Results: ``out/report.md`` (the tables ``scripts/update_readme.py real`` copies into the README).
 """
@@ -39,7 +42,7 @@ from ansm.errors import AnsmError, ConfigError
 from ansm.utils import write_json_atomic
 from ansm.validate import check_fields
 
-STAGES = ("localizer", "protocol", "attack-sets", "val", "seeds", "test")
+STAGES = ("localizer", "protocol", "attack-sets", "val", "seeds", "test", "informed")
 RECIPES: dict[str, dict[str, float]] = {  # the three stage-1/stage-2 recipes compared on val
     "FFA, then MgR (paper)": {"ffa_weight": 1, "ffa_pixel": 0, "mgr_pixel": 0},
     "pixel, then MgR + pixel": {"ffa_weight": 0, "ffa_pixel": 0.125, "mgr_pixel": 0.125},
@@ -76,14 +79,31 @@ class RealConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     adaptive_n: int = 32
     eval_batch: int = 8
+    # stage 7 (informed): adversarial fine-tuning's budget, and the white-box attack's size on the first
+    # informed_n forged test images. One gradient step through mobilenet-unet on a 384x256 CASIA image took ~0.35 s
+    # on one CPU core; each image costs ~350 steps per defense (3 budgets x 2 objectives x 50, the checks, the
+    # oblivious and gray-box PGD-10) and there are 10 defenses (bare + 3 kinds x 3 seeds), so the CPU preset
+    # attacks 8 images with PGD-50, ~20 min each on one core (the GPU preset: all 164, PGD-100 x 2 restarts).
+    advft_eps: float = 8 / 255
+    informed_n: int = 8
+    informed_steps: int = 50
+    informed_restarts: int = 1
+    informed_eps: list[float] = field(default_factory=lambda: [2 / 255, 4 / 255, 8 / 255])
 
     def __post_init__(self) -> None:
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: give at least two distinct seeds (gray-box needs another seed), got {self.seeds}")
+        from ansm.benchmark.config import _eps, _eps_list
+
+        self.advft_eps = _eps("advft_eps", self.advft_eps)
+        self.informed_eps = _eps_list("informed_eps", self.informed_eps)
+        if not all(0 < e <= 1 for e in (self.advft_eps, *self.informed_eps)):
+            raise ConfigError("advft_eps and informed_eps need budgets in (0, 1], e.g. 8/255; got "
+                              f"{self.advft_eps:g} and {', '.join(f'{e:g}' for e in self.informed_eps)}")
         check_fields(self, "--set {name}", positive=("loc_lr",), fraction=("adv_fraction",),
                      non_negative_int=("stage1_steps", "stage2_steps"),
                      positive_int=("loc_steps", "loc_val_every", "loc_batch", "crop", "ansm_batch", "adaptive_n",
-                                   "eval_batch"))
+                                   "eval_batch", "informed_n", "informed_steps", "informed_restarts"))
 
 
 class StageError(AnsmError):
@@ -97,7 +117,8 @@ REAL_PRESETS: dict[str, dict[str, Any]] = {
     # forged test image attacked adaptively
     "real-gpu": {"out": "runs/benchmark-real-gpu", "device": "cuda", "loc_steps": 8000, "loc_val_every": 500,
                  "loc_batch": 32, "attack_shard": None, "stage1_steps": 1000, "stage2_steps": 2000,
-                 "ansm_batch": 16, "adaptive_n": 164, "eval_batch": 16},
+                 "ansm_batch": 16, "adaptive_n": 164, "eval_batch": 16, "informed_n": 164, "informed_steps": 100,
+                 "informed_restarts": 2},
 }
 
 
@@ -190,7 +211,7 @@ def choose(val: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
 
 
 def _train_ansm(cfg: RealConfig, localizer: Path, casia: Path, adv: list[Path], recipe: str, seed: int,
-                out: Path) -> Path:
+                out: Path, extra: list[str] = ()) -> Path:
     if not (out / "ansm.safetensors").exists():
         r = RECIPES[recipe]
         cli("train", "--model", str(localizer), "--data", str(casia), "--split", "train", "--crop", str(cfg.crop),
@@ -198,7 +219,7 @@ def _train_ansm(cfg: RealConfig, localizer: Path, casia: Path, adv: list[Path], 
             str(cfg.stage2_steps), "--adv-fraction", str(cfg.adv_fraction), "--taps", cfg.taps,
             "--ffa-weight", str(r["ffa_weight"]), "--ffa-pixel", str(r["ffa_pixel"]), "--mgr-pixel", str(r["mgr_pixel"]),
             *[a for p in adv for a in ("--adv-data", str(p))], "--seed", str(seed), "--device", cfg.device,
-            "--out", str(out))
+            *extra, "--out", str(out))
     return out / "ansm"
 
 
@@ -269,6 +290,14 @@ def run_real(cfg: RealConfig, until: str = "test", log: Callable[[str], None] = 
                                                                   reference="pgd") for k in ckpts]
             write_json_atomic(adaptive_json, _score(localizer, _forged(casia, "test", cfg.adaptive_n), specs, ckpts,
                                                     "test: adaptive attacks", cfg))
+    if last >= 6:  # 7. attackers who know the defense: plain vs robust ANSM vs adversarial fine-tuning
+        from ansm.benchmark import real_informed
+
+        informed_json = ansm_dir / "informed.json"
+        if not informed_json.exists():
+            checkpoints = real_informed.train_defenses(cfg, localizer, casia, adv, winner, ckpts, ansm_dir / "informed")
+            write_json_atomic(informed_json, real_informed.score(cfg, localizer, casia, checkpoints,
+                                                                 ansm_dir / "informed", log))
     from ansm.benchmark.real_report import real_report
 
     done = load_finished(out)
@@ -288,7 +317,7 @@ def load_finished(out: str | Path) -> dict[str, Any]:
     summary = (Path(cfg["localizer"]).parent if cfg.get("localizer") else out / "localizer" / "train") / "summary.json"
     files = {"protocol": out / "localizer" / "protocol.json", "pgd": out / "localizer" / "pgd.json",
              "val": out / "ansm" / "val.json", "test": out / "ansm" / "test.json",
-             "adaptive": out / "ansm" / "adaptive.json"}
+             "adaptive": out / "ansm" / "adaptive.json", "informed": out / "ansm" / "informed.json"}
     done: dict[str, Any] = {"config": cfg}
     if summary.is_file() and "val_history" in (trained := read_json(summary, ConfigError, "training summary")):
         done["localizer"] = trained
@@ -304,8 +333,9 @@ def _check_resume(out: Path, cfg: RealConfig) -> None:
     free = ("device", "preset", "eval_batch")
     if path.is_file():
         saved = json.loads(path.read_text()).get("config", {})
+        defaults = asdict(RealConfig())  # a setting added since that run was started had its default then
         for key, value in asdict(cfg).items():
-            if key not in free and saved.get(key) != value:
+            if key not in free and saved.get(key, defaults[key]) != value:
                 from ansm.errors import CheckpointError
 
                 raise CheckpointError(f"{out}: holds a real benchmark with {key}={saved.get(key)!r}, now {value!r} "

@@ -1,8 +1,9 @@
 """The real benchmark's tables (markdown), from what :func:`ansm.benchmark.real.run_real` has finished.
 
-Three sections, each present once its stages are done: ``localizer`` (the real protocol per dataset, and PGD on
-CASIA v1 test), ``val`` (the recipe comparison) and ``test`` (clean / attacked / defended / clean+ANSM F1 and
-recovery per attack, mean ± sd over ANSM seeds). ``scripts/update_readme.py real`` copies them into the README.
+Sections, each present once its stages are done: ``localizer`` (the real protocol per dataset, and PGD on
+CASIA v1 test), ``val`` (the recipe comparison), ``test`` (clean / attacked / defended / clean+ANSM F1 and
+recovery per attack, mean ± sd over ANSM seeds) and, with ``--until informed``, the plain ANSM, robust ANSM and
+adversarial fine-tuning under attackers who know them (:func:`ansm.benchmark.real_informed.informed_section`). ``scripts/update_readme.py real`` copies them into the README.
 """
 
 from __future__ import annotations
@@ -99,4 +100,8 @@ def real_report(done: dict[str, Any]) -> str:
         parts += ["## ANSM recipes on val", val_section(done)]
     if "test" in done:
         parts += ["## ANSM on CASIA v1 test", test_section(done)]
+    if "informed" in done:
+        from ansm.benchmark.real_informed import informed_section
+
+        parts += ["## Attackers who know the defense (CASIA v1 test)", informed_section(done)]
     return "\n\n".join(parts) + "\n"

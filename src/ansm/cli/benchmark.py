@@ -46,7 +46,8 @@ def benchmark_cmd(
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     strict: bool = typer.Option(True, help="Exit with status 1 when a sanity check fails (the numbers cannot then be trusted as they are)."),
     until: Optional[str] = typer.Option(None, help="Presets real, real-gpu: stop after this stage (localizer, protocol, "
-                                                   "attack-sets, val, seeds, test)."),
+                                                   "attack-sets, val, seeds, test; informed: also plain vs robust "
+                                                   "ANSM vs adversarial fine-tuning under attackers who know them)."),
 ) -> None:
     """Run a grid of attacks x defenses x eps and write report.md, report.json and a self-contained report.html
     with plots (F1 against eps, F1 against attack steps, per-image worst case).
