@@ -26,46 +26,27 @@ was fixed before the first run.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
+import torch
+import torch.nn as nn
+from val_probe import REPO, TARGET, require_target, run, val_batches  # (this folder; puts src on the path)
 
 from ansm.attacks import create_attack  # noqa: E402
 from ansm.attacks.equalize import side_energies  # noqa: E402
-from ansm.data.datasets import open_data  # noqa: E402
-from ansm.eval.evaluate import same_size_batches  # noqa: E402
 from ansm.eval.metrics import f1_score  # noqa: E402
-from ansm.eval.readme import update_readme_section  # noqa: E402
 from ansm.eval.stats import bootstrap_ci  # noqa: E402
 from ansm.models.registry import load_localizer, save_localizer  # noqa: E402
 from ansm.models.train import TrainLocalizerConfig, augmented_batch, lr_at, render_pool, segmentation_loss  # noqa: E402
 from ansm.utils import seeded_generator, write_json_atomic  # noqa: E402
 
-TARGET = REPO / "runs" / "experiments" / "robust-val" / "plain" / "models" / "target" / "localizer"
 OUT = REPO / "runs" / "experiments" / "erasability"
 EPS = (2, 4, 8)
 N_VAL, FT_STEPS = 96, 500
 ROWS = {"target": "target localizer (500 clean steps)",
         "erasure-trained": f"+ {FT_STEPS} steps, half of each batch erased (noise-match 2/4/8 /255)",
         "control": f"+ {FT_STEPS} steps, no erasure (control)"}
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--docs", action="store_true", help="write the table into docs/benchmark.md")
-    args = ap.parse_args()
-    text = table(measure())
-    print(text)
-    if args.docs:
-        update_readme_section("erasability", text, REPO / "docs" / "benchmark.md")
 
 
 def erase(x: torch.Tensor, m: torch.Tensor, eps: int, seed: tuple[int, ...]) -> torch.Tensor:
@@ -103,13 +84,10 @@ def fine_tune(erased: bool) -> nn.Module:
 
 def measure() -> dict[str, dict]:
     """Rows not yet in OUT/summary.json (each written when done: a killed run resumes row by row)."""
-    if not TARGET.with_suffix(".json").is_file():
-        sys.exit(f"error: no target localizer at {TARGET}: run `python experiments/robust_val.py --only plain` first")
+    require_target()
     OUT.mkdir(parents=True, exist_ok=True)
     summary = json.loads((OUT / "summary.json").read_text()) if (OUT / "summary.json").is_file() else {}
-    data = open_data(f"synthetic:{N_VAL}:val", size=64, seed=0)
-    batches = [(torch.stack([it["image"] for it in b]), torch.stack([it["mask"] for it in b]))
-               for b in same_size_batches(data, 16)]
+    batches = val_batches(N_VAL)
     views = {"clean": [x for x, _ in batches]}
     views |= {f"{e}/255": [erase(x, m, e, (0, k)) for k, (x, m) in enumerate(batches)] for e in EPS}
     if "gap" not in summary:  # what the erasure does to what it targets: the two sides' measured noise levels
@@ -161,4 +139,4 @@ def table(summary: dict[str, dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run(__doc__, "erasability", measure, table)

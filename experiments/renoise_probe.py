@@ -31,30 +31,21 @@ and hide, the worst per image; nothing here is tuned, one setting of each knob, 
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+from val_probe import (REPO, TARGET, frozen, mean_f1, require_target, run, val_batches,  # (this folder; puts src
+                       white_box_f1)                                                    # on the path)
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-
-from ansm.benchmark.threats import adaptive_attack  # noqa: E402
 from ansm.benchmark.transforms import GaussianBlur  # noqa: E402
-from ansm.data.datasets import open_data  # noqa: E402
-from ansm.eval.evaluate import same_size_batches  # noqa: E402
 from ansm.eval.metrics import f1_score  # noqa: E402
-from ansm.eval.readme import update_readme_section  # noqa: E402
 from ansm.models.registry import load_localizer  # noqa: E402
 from ansm.models.train import TrainLocalizerConfig, augmented_batch, lr_at, render_pool, segmentation_loss  # noqa: E402
 from ansm.utils import seeded_generator, write_json_atomic  # noqa: E402
 
-TARGET = REPO / "runs" / "experiments" / "robust-val" / "plain" / "models" / "target" / "localizer"
 OUT = REPO / "runs" / "experiments" / "renoise-probe"
 EPS = (2, 4, 8)
 STEPS, CHECK_STEPS, FT_STEPS = 100, 200, 220
@@ -108,22 +99,6 @@ def fine_tune(front: nn.Module, localizer: nn.Module) -> nn.Module:
     return localizer.eval()
 
 
-def frozen(model: nn.Module) -> nn.Module:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--docs", action="store_true", help="write the table into docs/benchmark.md")
-    args = ap.parse_args()
-    text = table(measure())
-    print(text)
-    if args.docs:
-        update_readme_section("renoise-probe", text, REPO / "docs" / "benchmark.md")
-
-
 def table(summary: dict[str, dict]) -> str:
     lines = [f"| `val` ({next(iter(summary.values()))['n_forged']} forged images) | clean F1 | adaptive 2/255 | "
              f"adaptive 4/255 | adaptive 8/255 | 2/255 with PGD-{CHECK_STEPS} (check) | seconds |", "|---|---|---|---|---|---|---|"]
@@ -136,13 +111,10 @@ def table(summary: dict[str, dict]) -> str:
 
 def measure() -> dict[str, dict]:
     """Every row not yet in OUT/summary.json (each row is written as soon as it is done: a killed run resumes)."""
-    if not (TARGET.with_suffix(".json")).is_file():
-        sys.exit(f"error: no target localizer at {TARGET}: run `python experiments/robust_val.py --only plain` first")
+    require_target()
     summary = json.loads((OUT / "summary.json").read_text()) if (OUT / "summary.json").is_file() else {}
     torch.manual_seed(0)
-    data = open_data("synthetic:32:val", size=64, seed=0)
-    batches = [(torch.stack([it["image"] for it in b]), torch.stack([it["mask"] for it in b]))
-               for b in same_size_batches(data, 16)]
+    batches = val_batches()
     front = Renoise()
     rows = {"bare localizer": lambda: frozen(load_localizer(TARGET)),
             "R + frozen localizer": lambda: frozen(nn.Sequential(front, load_localizer(TARGET))),
@@ -153,23 +125,11 @@ def measure() -> dict[str, dict]:
             continue
         t = time.perf_counter()
         model = build()
-
-        def f1(x: torch.Tensor, m: torch.Tensor) -> list[float]:
-            with torch.no_grad():
-                return f1_score(torch.sigmoid(model(x)), m)[m.flatten(1).amax(1) > 0.5].tolist()
-
-        def attacked(eps: int, steps: int) -> float:
-            scores = []
-            for k, (x, m) in enumerate(batches):
-                res = adaptive_attack(model, model, x, m, eps / 255, steps, 1, ["untargeted", "hide"], seeded_generator(0, k))
-                scores += f1(res.worst, m)
-            return sum(scores) / len(scores)
-
-        clean = [v for x, m in batches for v in f1(x, m)]
-        row = {"clean": sum(clean) / len(clean), "n_forged": len(clean)}
-        row |= {f"adaptive {e}/255": attacked(e, STEPS) for e in EPS}
+        clean, n_forged = mean_f1(model, batches)
+        row = {"clean": clean, "n_forged": n_forged}
+        row |= {f"adaptive {e}/255": white_box_f1(model, batches, e, STEPS) for e in EPS}
         if name != "bare localizer":
-            row[f"adaptive 2/255, PGD-{CHECK_STEPS}"] = attacked(2, CHECK_STEPS)
+            row[f"adaptive 2/255, PGD-{CHECK_STEPS}"] = white_box_f1(model, batches, 2, CHECK_STEPS)
         row["seconds"] = round(time.perf_counter() - t)
         summary[name] = row
         print(json.dumps({name: row}), flush=True)
@@ -225,4 +185,4 @@ def one_path(front: Renoise, localizer: nn.Module, fixed: str, batches: list) ->
 
 
 if __name__ == "__main__":
-    main()
+    run(__doc__, "renoise-probe", measure, table)

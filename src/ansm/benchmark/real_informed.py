@@ -136,8 +136,6 @@ def score_image(defenses: list, x: Any, m: Any, cfg: "RealConfig", index: int) -
 def score(cfg: "RealConfig", localizer_path: Path, casia: Path, checkpoints: dict[str, dict[str, Path]],
           out: Path, log: Any = print) -> dict[str, Any]:
     """Every image not yet in ``out/cells`` (one JSON per image), then the per-defense means."""
-    import torch
-
     from ansm.benchmark.real import _forged
     from ansm.cli.app import progress
     from ansm.utils import resolve_device
