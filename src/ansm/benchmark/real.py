@@ -297,7 +297,7 @@ def run_real(cfg: RealConfig, until: str = "test", log: Callable[[str], None] = 
         if not informed_json.exists():
             checkpoints = real_informed.train_defenses(cfg, localizer, casia, adv, winner, ckpts, ansm_dir / "informed")
             write_json_atomic(informed_json, real_informed.score(cfg, localizer, casia, checkpoints,
-                                                                 ansm_dir / "informed", log))
+                                                                 ansm_dir / "informed"))
     from ansm.benchmark.real_report import real_report
 
     done = load_finished(out)
@@ -335,10 +335,10 @@ def _check_resume(out: Path, cfg: RealConfig) -> None:
         saved = json.loads(path.read_text()).get("config", {})
         defaults = asdict(RealConfig())  # a setting added since that run was started had its default then
         for key, value in asdict(cfg).items():
-            if key not in free and saved.get(key, defaults[key]) != value:
+            if key not in free and (was := saved.get(key, defaults[key])) != value:
                 from ansm.errors import CheckpointError
 
-                raise CheckpointError(f"{out}: holds a real benchmark with {key}={saved.get(key)!r}, now {value!r} "
+                raise CheckpointError(f"{out}: holds a real benchmark with {key}={was!r}, now {value!r} "
                                       "(use a new --out)")
     else:
         write_json_atomic(path, {"config": asdict(cfg)})

@@ -86,14 +86,13 @@ def _defenses(localizer_path: Path, checkpoints: dict[str, dict[str, Path]], dev
     bare = _frozen(load_localizer(localizer_path), device)
     out = [Defense("none", "none", bare)]
     for kind, seeds in checkpoints.items():
-        keys = list(seeds)
         if kind == "adv-finetune":
-            out += [Defense(kind, "model", _frozen(load_localizer(seeds[k]), device), None, int(k[1:])) for k in keys]
+            out += [Defense(kind, "model", _frozen(load_localizer(p), device), None, int(k[1:])) for k, p in seeds.items()]
             continue
-        pres = {k: _frozen(load_ansm(seeds[k])[0], device) for k in keys}
-        copies = {k: Defense(kind, "ansm", bare, pres[keys[(i + 1) % len(keys)]], int(keys[(i + 1) % len(keys)][1:]))
-                  for i, k in enumerate(keys)}
-        out += [Defense(kind, "ansm", bare, pres[k], int(k[1:]), surrogate=copies[k]) for k in keys]
+        ansm = [Defense(kind, "ansm", bare, _frozen(load_ansm(p)[0], device), int(k[1:])) for k, p in seeds.items()]
+        for i, d in enumerate(ansm):  # gray-box: as in the synthetic benchmark (ansm.benchmark.defenses)
+            d.surrogate = ansm[(i + 1) % len(ansm)]
+        out += ansm
     return out
 
 
@@ -134,7 +133,7 @@ def score_image(defenses: list, x: Any, m: Any, cfg: "RealConfig", index: int) -
 
 
 def score(cfg: "RealConfig", localizer_path: Path, casia: Path, checkpoints: dict[str, dict[str, Path]],
-          out: Path, log: Any = print) -> dict[str, Any]:
+          out: Path) -> dict[str, Any]:
     """Every image not yet in ``out/cells`` (one JSON per image), then the per-defense means."""
     from ansm.benchmark.real import _forged
     from ansm.cli.app import progress
@@ -171,7 +170,7 @@ def _training_seconds(checkpoints: dict[str, dict[str, Path]]) -> dict[str, floa
     for kind, seeds in checkpoints.items():
         for k, path in seeds.items():
             training = load_checkpoint_meta(path).get("training", {})
-            seconds[f"{kind}@{k}"] = training.get("train_s", training.get("seconds"))
+            seconds[f"{kind}@{k}"] = training.get("train_s")
     return seconds
 
 
@@ -196,8 +195,7 @@ def informed_section(done: dict[str, Any]) -> str:
         checks = [f"{e}/255 not converged" for e in eps
                   if any(m[f"gradient {e}"] < m[f"half steps {e}"] - CHECK_MARGIN for m in ms)]
         checks += ["unbounded budget leaves F1"] if any(m["unbounded"] > UNBOUNDED_MAX for m in ms) else []
-        train = [inf["train_s"][k] for k in keys if k in inf["train_s"]]
-        seconds = [t for t in train if t is not None]
+        seconds = [inf["train_s"][k] for k in keys if inf["train_s"].get(k) is not None]
         rows.append([KINDS.get(group, "bare localizer"), f"{statistics.mean(seconds):.0f}" if seconds else "-", col("clean"),
                      col("oblivious"), col("gray-box"), *(col(f"white-box {e}") for e in eps), *kept,
                      ", ".join(checks) or "none"])
