@@ -32,13 +32,14 @@ import time
 import torch
 import torch.nn as nn
 from val_probe import REPO, TARGET, require_target, run, val_batches  # (this folder; puts src on the path)
+from val_probe import fine_tune as fine_tune_loop
 
 from ansm.attacks import create_attack  # noqa: E402
 from ansm.attacks.equalize import side_energies  # noqa: E402
 from ansm.eval.metrics import f1_score  # noqa: E402
 from ansm.eval.stats import bootstrap_ci  # noqa: E402
 from ansm.models.registry import load_localizer, save_localizer  # noqa: E402
-from ansm.models.train import TrainLocalizerConfig, augmented_batch, lr_at, render_pool, segmentation_loss  # noqa: E402
+from ansm.models.train import TrainLocalizerConfig  # noqa: E402
 from ansm.utils import seeded_generator, write_json_atomic  # noqa: E402
 
 OUT = REPO / "runs" / "experiments" / "erasability"
@@ -62,23 +63,15 @@ def fine_tune(erased: bool) -> nn.Module:
     target_cfg = json.loads(TARGET.with_suffix(".json").read_text())["training"]["config"]
     cfg = TrainLocalizerConfig(out=str(OUT), steps=FT_STEPS, size=64, pool=target_cfg["pool"], batch_size=16, lr=1e-3,
                                warmup=20, seed=1, noise_std=target_cfg["noise_std"], noise_prob=target_cfg["noise_prob"])
-    images, masks = render_pool(cfg.pool, 0, cfg.size, cfg.source)  # the target's own training pool (seed 0)
-    localizer = load_localizer(TARGET).train()
-    opt = torch.optim.AdamW(localizer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    torch.manual_seed(cfg.seed)
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        x, m = augmented_batch(images, masks, step, cfg)
-        if erased:
-            half = len(x) // 2
-            x = torch.cat([erase(x[:half], m[:half], EPS[step % len(EPS)], (cfg.seed, step)), x[half:]])
-        loss = segmentation_loss(localizer(x), m, cfg.dice_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(localizer.parameters(), 5.0)
-        opt.step()
-    save_localizer(localizer.eval(), path)
+
+    def half_erased(x: torch.Tensor, m: torch.Tensor, step: int) -> torch.Tensor:
+        if not erased:
+            return x
+        half = len(x) // 2
+        return torch.cat([erase(x[:half], m[:half], EPS[step % len(EPS)], (cfg.seed, step)), x[half:]])
+
+    localizer = fine_tune_loop(load_localizer(TARGET), cfg, 0, half_erased)  # the target's own pool (seed 0)
+    save_localizer(localizer, path)
     return localizer
 
 

@@ -39,11 +39,12 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from val_probe import (REPO, TARGET, frozen, mean_f1, require_target, run, val_batches,  # (this folder; puts src
                        white_box_f1)                                                    # on the path)
+from val_probe import fine_tune as fine_tune_loop
 
 from ansm.benchmark.transforms import GaussianBlur  # noqa: E402
 from ansm.eval.metrics import f1_score  # noqa: E402
 from ansm.models.registry import load_localizer  # noqa: E402
-from ansm.models.train import TrainLocalizerConfig, augmented_batch, lr_at, render_pool, segmentation_loss  # noqa: E402
+from ansm.models.train import TrainLocalizerConfig  # noqa: E402
 from ansm.utils import seeded_generator, write_json_atomic  # noqa: E402
 
 OUT = REPO / "runs" / "experiments" / "renoise-probe"
@@ -81,22 +82,10 @@ def fine_tune(front: nn.Module, localizer: nn.Module) -> nn.Module:
     if path.is_file():
         localizer.load_state_dict(load_file(path))
         return localizer
-    images, masks = render_pool(cfg.pool, cfg.seed, cfg.size, cfg.source)
-    opt = torch.optim.AdamW(localizer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    torch.manual_seed(cfg.seed)
-    localizer.train()
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        x, m = augmented_batch(images, masks, step, cfg)
-        loss = segmentation_loss(localizer(front(x)), m, cfg.dice_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(localizer.parameters(), 5.0)
-        opt.step()
+    localizer = fine_tune_loop(localizer, cfg, cfg.seed, lambda x, _m, _step: front(x))
     OUT.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in localizer.state_dict().items()}, path)
-    return localizer.eval()
+    return localizer
 
 
 def table(summary: dict[str, dict]) -> str:

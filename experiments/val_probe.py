@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+
+if TYPE_CHECKING:
+    from ansm.models.train import TrainLocalizerConfig
 
 TARGET = REPO / "runs" / "experiments" / "robust-val" / "plain" / "models" / "target" / "localizer"
 
@@ -42,6 +45,29 @@ def frozen(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+def fine_tune(localizer: nn.Module, cfg: TrainLocalizerConfig, pool_seed: int,
+              transform: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) -> nn.Module:
+    """Train ``localizer`` ``cfg.steps`` more steps the way ``ansm train-localizer`` does (its augmented batches from
+    the pool rendered with ``pool_seed``, its loss and lr schedule, AdamW, gradients clipped at 5), each batch passed
+    through ``transform(x, m, step)`` first: the one knob the probes differ in. Returns it in eval mode."""
+    from ansm.models.train import augmented_batch, lr_at, render_pool, segmentation_loss
+
+    images, masks = render_pool(cfg.pool, pool_seed, cfg.size, cfg.source)
+    opt = torch.optim.AdamW(localizer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    torch.manual_seed(cfg.seed)
+    localizer.train()
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        x, m = augmented_batch(images, masks, step, cfg)
+        loss = segmentation_loss(localizer(transform(x, m, step)), m, cfg.dice_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(localizer.parameters(), 5.0)
+        opt.step()
+    return localizer.eval()
 
 
 def run(doc: str | None, section: str, measure: Callable[[], dict], table: Callable[[dict], str]) -> None:
