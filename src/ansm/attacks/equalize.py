@@ -129,11 +129,13 @@ class NoiseMatch(Attack):
         gen_device = generator.device if generator is not None else torch.device("cpu")
         noise = torch.randn(x.shape, generator=generator, device=gen_device).to(x)
         smooth = self.blur(x) - x
+        # each side's clipped term once per grid value, not once per (alpha, k) pair
+        smoothing = [(alpha * smooth).clamp(-self.eps, self.eps) * loud for alpha in self.ALPHAS]
+        noising = [(k * self.eps * noise).clamp(-self.eps, self.eps) * quiet for k in self.NOISE_STDS]
         best, best_gap = x.clone(), torch.full((x.shape[0],), float("inf"), device=x.device)
-        for alpha in self.ALPHAS:
-            for k in self.NOISE_STDS:
-                step = (alpha * smooth).clamp(-self.eps, self.eps) * loud + (k * self.eps * noise).clamp(-self.eps, self.eps) * quiet
-                cand = self.project(x + step, x)
+        for smoothed in smoothing:
+            for noised in noising:
+                cand = self.project(x + smoothed + noised, x)
                 inside, outside = side_energies(cand, mask)
                 gap = (inside.clamp_min(1e-12).log() - outside.clamp_min(1e-12).log()).abs()
                 better = gap < best_gap
