@@ -173,6 +173,13 @@ def test_budget_lists_accept_one_value_or_a_comma_separated_string() -> None:
     assert cfg.eps_grid == pytest.approx([2 / 255, 8 / 255]) and cfg.adaptive_eps == pytest.approx([8 / 255])
 
 
+@pytest.mark.parametrize("setting", [{"eps_main": "8"}, {"eps_grid": "4/255,8"}, {"eps_grid": ""}])
+def test_a_budget_without_its_255_is_refused_by_name(setting) -> None:
+    """``--set eps_main=8`` is always a forgotten ``/255``: one line naming the setting, not a run at eps 8."""
+    with pytest.raises(ConfigError, match=next(iter(setting))):
+        preset_config("quick", **setting)
+
+
 def test_real_images_of_mixed_sizes(shared_dir, trained_localizer_path, tmp_path) -> None:
     """Three CASIA forgeries (different sizes, JPEG + PNG masks) copied to a temporary dataset folder."""
     import shutil

@@ -107,9 +107,9 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         for name in ("eps_d", "advft_eps", "eps_main", "unbounded_eps", "stochastic_noise_std", "robust_eps_min",
                      "robust_eps_max"):
-            setattr(self, name, _eps(name, getattr(self, name)))
-        self.eps_grid = _eps_list("eps_grid", self.eps_grid)
-        self.adaptive_eps = _eps_list("adaptive_eps", self.adaptive_eps)
+            setattr(self, name, budget(name, getattr(self, name)))
+        self.eps_grid = budgets("eps_grid", self.eps_grid)
+        self.adaptive_eps = budgets("adaptive_eps", self.adaptive_eps)
         if not any(abs(e - self.eps_main) < 1e-9 for e in self.eps_grid):
             raise ConfigError(f"eps_main {self.eps_main * 255:.1f}/255 must be one of eps_grid")
         if "adaptive" in self.threats and not any(abs(e - self.eps_main) < 1e-9 for e in self.adaptive_eps):
@@ -154,19 +154,24 @@ class BenchmarkConfig:
         return asdict(self)
 
 
-def _eps(name: str, value: Any) -> float:
+def budget(name: str, value: Any) -> float:
+    """One L-inf budget setting, in pixel units: ``"8/255"`` or ``0.0314``. Budgets above 1 are refused here
+    (``parse_eps`` allows them, since L2 budgets are larger): they are always a missing ``/255``."""
     try:
-        return parse_eps(value)
+        eps = parse_eps(value)
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
+    if eps > 1:
+        raise ConfigError(f"{name}: budgets are in pixel units (values in [0, 1]): write {value}/255, not {value}")
+    return eps
 
 
-def _eps_list(name: str, value: Any) -> list[float]:
+def budgets(name: str, value: Any) -> list[float]:
     """A sorted list of budgets from a list, one number, or a comma-separated string ("4/255,8/255")."""
     items = value.split(",") if isinstance(value, str) else (value if isinstance(value, (list, tuple)) else [value])
-    if not items:
+    if not items or items == [""]:
         raise ConfigError(f"{name}: give at least one budget")
-    return sorted(_eps(name, e.strip() if isinstance(e, str) else e) for e in items)
+    return sorted(budget(name, e.strip() if isinstance(e, str) else e) for e in items)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -93,12 +93,12 @@ class RealConfig:
     def __post_init__(self) -> None:
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: give at least two distinct seeds (gray-box needs another seed), got {self.seeds}")
-        from ansm.benchmark.config import _eps, _eps_list
+        from ansm.benchmark.config import budget, budgets
 
-        self.advft_eps = _eps("advft_eps", self.advft_eps)
-        self.informed_eps = _eps_list("informed_eps", self.informed_eps)
-        if not all(0 < e <= 1 for e in (self.advft_eps, *self.informed_eps)):
-            raise ConfigError("advft_eps and informed_eps need budgets in (0, 1], e.g. 8/255; got "
+        self.advft_eps = budget("advft_eps", self.advft_eps)
+        self.informed_eps = budgets("informed_eps", self.informed_eps)
+        if not all(e > 0 for e in (self.advft_eps, *self.informed_eps)):
+            raise ConfigError("advft_eps and informed_eps need budgets above 0, e.g. 8/255; got "
                               f"{self.advft_eps:g} and {', '.join(f'{e:g}' for e in self.informed_eps)}")
         check_fields(self, "--set {name}", positive=("loc_lr",), fraction=("adv_fraction",),
                      non_negative_int=("stage1_steps", "stage2_steps"),
