@@ -114,6 +114,9 @@ def test_a_tiny_run_through_every_stage_resumes_and_refuses_other_settings(tmp_p
     assert res.exit_code == 0, res.output
     assert stamps(informed) == trained and {p: p.stat().st_mtime_ns for p in (informed / "cells").glob("*.json")} == cells
     assert load_finished(out)["informed"]["means"] == done["means"]
+    # each scoring (val, test, adaptive) keeps its finished batches only until its result is written
+    assert {p.name for p in (out / "ansm").glob("*.json")} >= {"val-scores.json", "test.json", "adaptive.json"}
+    assert not list(out.rglob("*.progress.json"))
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -17,6 +17,7 @@ from ansm.defense import TrainANSMConfig, load_ansm, train_ansm
 from ansm.defense.evaluate import AttackSpec, evaluate_defenses, recovery
 from ansm.defense.trainer import lr_at
 from ansm.errors import CheckpointError, ConfigError
+from ansm.utils import dumps_json
 
 
 def test_localizer_weights_bit_identical_and_the_module_left_as_it_was(trained_localizer, tiny_cfg) -> None:
@@ -145,6 +146,43 @@ def test_evaluate_identity_defense_recovers_nothing(trained_localizer, synthetic
     a = res["attacks"]["fgsm"]
     assert a["defenses"]["id"]["f1_def"] == pytest.approx(a["f1_adv"])
     assert a["defenses"]["id"]["f1_clean_def"] == pytest.approx(a["f1_clean"])
+
+
+def test_evaluation_killed_midway_resumes_to_the_unbroken_numbers(trained_localizer, synthetic_batch, tmp_path) -> None:
+    """A progress file keeps the finished batches: killed after two of four batches, the same call finishes the
+    other two and returns exactly what one unbroken run returns (the PGD random starts included)."""
+    items = [{"image": synthetic_batch["image"][i], "mask": synthetic_batch["mask"][i], "name": str(i)} for i in range(8)]
+    attacks = [AttackSpec("pgd", "pgd", {"eps": 8 / 255, "steps": 2}), AttackSpec("fgsm", "fgsm", {"eps": 8 / 255})]
+    blur = torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+
+    def evaluate(**kw):
+        res = evaluate_defenses(trained_localizer, items, attacks, {"blur": blur}, batch_size=2, seed=5, **kw)
+        res.pop("examples")
+        return res
+
+    unbroken = evaluate()
+    progress, seen = tmp_path / "progress.json", []
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(n: int) -> None:
+        seen.append(n)
+        if len(seen) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        evaluate(progress_file=progress, on_item=kill_after_two)
+    assert len(json.loads(progress.read_text())["batches"]) == 2
+    assert dumps_json(evaluate(progress_file=progress)) == dumps_json(unbroken)  # (NaN-safe comparison)
+    assert unbroken["attacks"]["pgd"]["f1_adv"] < unbroken["clean"]["f1"] - 0.05  # numbers that mean something
+    # a file from other settings, or from other images, is refused by name instead of mixing two evaluations
+    with pytest.raises(ConfigError, match="progress.json.*other attacks"):
+        evaluate_defenses(trained_localizer, items, attacks[:1], {"blur": blur}, batch_size=2, seed=5,
+                          progress_file=progress)
+    with pytest.raises(ConfigError, match="progress.json: batch 0 was finished on other images"):
+        evaluate_defenses(trained_localizer, items[::-1], attacks, {"blur": blur}, batch_size=2, seed=5,
+                          progress_file=progress)
 
 
 def test_stage2_pixel_term_by_hand() -> None:

@@ -151,7 +151,9 @@ def _forged(casia: Path, split: str, first: int | None = None):
 
 
 def _score(localizer_path: Path, dataset: Any, attacks: list, defenses: dict[str, Path], label: str,
-           cfg: RealConfig) -> dict[str, Any]:
+           cfg: RealConfig, result: Path) -> dict[str, Any]:
+    """Score ``defenses`` and write ``result``; the finished batches are kept beside it (``.progress.json``), so
+    a stage killed an hour into the test set resumes at the next batch."""
     from ansm.cli.app import progress
     from ansm.defense.ansm_net import load_ansm
     from ansm.defense.evaluate import evaluate_defenses
@@ -161,13 +163,16 @@ def _score(localizer_path: Path, dataset: Any, attacks: list, defenses: dict[str
     device = resolve_device(cfg.device)
     localizer = load_localizer(localizer_path).to(device)
     models = {k: load_ansm(p)[0].to(device) for k, p in defenses.items()}
+    partial = result.with_suffix(".progress.json")
     t0 = time.perf_counter()
     with progress() as bar:
         task = bar.add_task(label, total=len(dataset))
         res = evaluate_defenses(localizer, dataset, attacks, models, batch_size=cfg.eval_batch, device=device, seed=0,
-                                on_item=lambda n: bar.advance(task, n))
+                                on_item=lambda n: bar.advance(task, n), progress_file=partial)
     res.pop("examples", None)
-    res["seconds"] = round(time.perf_counter() - t0, 1)
+    res["seconds"] = round(time.perf_counter() - t0, 1)  # (this process's share, after a resume)
+    write_json_atomic(result, res)
+    partial.unlink(missing_ok=True)
     return res
 
 
@@ -270,10 +275,11 @@ def run_real(cfg: RealConfig, until: str = "test", log: Callable[[str], None] = 
             runs = {r: _train_ansm(cfg, localizer, casia, adv, r, cfg.seeds[0], ansm_dir / "val" / slug(r))
                     for r in RECIPES}
             specs = [AttackSpec("pgd", "pgd", PGD), AttackSpec("fgsm", "fgsm", {"eps": 8 / 255})]
-            res = _score(localizer, _forged(casia, "val"), specs, runs, "val: recipes under PGD-10, FGSM", cfg)
+            res = _score(localizer, _forged(casia, "val"), specs, runs, "val: recipes under PGD-10, FGSM", cfg,
+                         ansm_dir / "val-scores.json")
             winner, rows = choose(res)
             write_json_atomic(val_json, {"winner": winner, "recipes": rows, "rule": RULE, "n_forged": res["n_forged"],
-                                         "raw": res})
+                                         "scores": "val-scores.json"})
         winner = json.loads(val_json.read_text())["winner"]
         log(f"val chose: {winner}")
     if last >= 4:  # 5. the winner's other seeds
@@ -283,13 +289,13 @@ def run_real(cfg: RealConfig, until: str = "test", log: Callable[[str], None] = 
     if last >= 5:  # 6. test, once
         test_json, adaptive_json = ansm_dir / "test.json", ansm_dir / "adaptive.json"
         if not test_json.exists():
-            write_json_atomic(test_json, _score(localizer, _forged(casia, "test"), [s for s, _ in demo_attacks()],
-                                                ckpts, "test: oblivious attacks", cfg))
+            _score(localizer, _forged(casia, "test"), [s for s, _ in demo_attacks()], ckpts, "test: oblivious attacks",
+                   cfg, test_json)
         if not adaptive_json.exists():
             specs = [AttackSpec("pgd", "pgd", PGD)] + [AttackSpec(f"adaptive-{k}", "pgd", PGD, adaptive=k,
                                                                   reference="pgd") for k in ckpts]
-            write_json_atomic(adaptive_json, _score(localizer, _forged(casia, "test", cfg.adaptive_n), specs, ckpts,
-                                                    "test: adaptive attacks", cfg))
+            _score(localizer, _forged(casia, "test", cfg.adaptive_n), specs, ckpts, "test: adaptive attacks", cfg,
+                   adaptive_json)
     if last >= 6:  # 7. attackers who know the defense: plain vs robust ANSM vs adversarial fine-tuning
         from ansm.benchmark import real_informed
 

@@ -21,8 +21,11 @@ ratio of two small differences once read 1.68). Every per-attack entry also carr
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -33,7 +36,8 @@ from ansm.attacks.base import eval_mode, random_signs
 from ansm.eval.evaluate import same_size_batches
 from ansm.eval.metrics import LocalizationMeter
 from ansm.eval.stats import bootstrap_ci
-from ansm.utils import seeded_generator
+from ansm.errors import ConfigError
+from ansm.utils import seeded_generator, write_json_atomic
 
 RECOVERY_MIN_GAP = 0.05  # F1 the attack must take away before a recovery ratio is reported
 RECOVERY_MIN_IMAGES = 20  # forged images needed before a recovery ratio is reported
@@ -93,11 +97,16 @@ def _prob(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tor
 def evaluate_defenses(localizer: nn.Module, dataset: Iterable[dict[str, Any]], attacks: list[AttackSpec],
                       defenses: Mapping[str, nn.Module], *, batch_size: int = 16, device: torch.device | str = "cpu",
                       seed: int = 0, on_item: Callable[[int], None] | None = None,
-                      keep: int = 0) -> dict[str, Any]:
+                      keep: int = 0, progress_file: str | os.PathLike | None = None) -> dict[str, Any]:
     """Score ``defenses`` against ``attacks`` on ``dataset``; see the module docstring for the numbers.
 
     Args:
         keep: keep the first ``keep`` forged examples' images and probability maps (for figures).
+        progress_file: a JSON file holding the finished batches' per-image numbers, rewritten atomically after
+            every batch. A call given the same file (same attacks, defenses, seed and batch size) skips those
+            batches, so an evaluation killed after an hour resumes at the next batch, with the numbers an
+            unbroken run gives (each batch's attacks are seeded by the batch's index). ``keep`` examples are
+            not kept across a resume.
     Returns:
         ``{"attacks": {name: {"f1_clean", "f1_adv", "defenses": {d: {"f1_def", "f1_clean_def", "recovery",
         ...}}}}, "clean": {...}, "n_images", "n_forged", "examples": [...]}``.
@@ -108,7 +117,10 @@ def evaluate_defenses(localizer: nn.Module, dataset: Iterable[dict[str, Any]], a
             raise ValueError(f"attack {spec.name}: adaptive to unknown defense {spec.adaptive!r}")
         if spec.reference is not None and spec.reference not in names:
             raise ValueError(f"attack {spec.name}: reference {spec.reference!r} is not among the attacks")
-    meters: dict[tuple[str, str], LocalizationMeter] = {}
+    progress = _Progress(progress_file, {"attacks": [[a.name, a.attack, repr(sorted(a.kwargs.items())), a.adaptive]
+                                                     for a in attacks], "defenses": list(defenses), "seed": seed,
+                                         "batch_size": batch_size})
+    meters = progress.meters
 
     def meter(*key: str) -> LocalizationMeter:
         return meters.setdefault(key, LocalizationMeter())
@@ -118,9 +130,13 @@ def evaluate_defenses(localizer: nn.Module, dataset: Iterable[dict[str, Any]], a
         for module in (localizer, *defenses.values()):
             stack.enter_context(eval_mode(module))
         for b, batch in enumerate(same_size_batches(dataset, batch_size)):
+            names = [str(it["name"]) for it in batch]
+            if progress.skip(b, names):  # finished before a resume
+                if on_item:
+                    on_item(len(batch))
+                continue
             x = torch.stack([it["image"] for it in batch]).to(device)
             m = torch.stack([it["mask"] for it in batch]).to(device)
-            names = [str(it["name"]) for it in batch]
             p_clean = _prob(localizer, x)
             meter("clean", "none").update(p_clean, m, names)
             p_clean_def = {}
@@ -145,6 +161,7 @@ def evaluate_defenses(localizer: nn.Module, dataset: Iterable[dict[str, Any]], a
                     examples.append({"name": names[i], "image": x[i].cpu(), "mask": m[i].cpu(),
                                      "clean": p_clean[i].cpu(), **{f"clean_{d}": p[i].cpu() for d, p in p_clean_def.items()},
                                      "attacks": {k: {kk: vv[i].cpu() for kk, vv in v.items()} for k, v in record.items()}})
+            progress.save(names)
             if on_item:
                 on_item(len(batch))
 
@@ -171,3 +188,42 @@ def evaluate_defenses(localizer: nn.Module, dataset: Iterable[dict[str, Any]], a
         out["attacks"][spec.name] = entry
     out["examples"] = examples
     return out
+
+
+class _Progress:
+    """``evaluate_defenses``' finished batches on disk (``progress_file``): the settings they were made with, the
+    image names of each batch, and every meter's per-image values."""
+
+    def __init__(self, path: str | os.PathLike | None, settings: dict[str, Any]) -> None:
+        self.path, self.settings = (Path(path) if path is not None else None), settings
+        self.meters: dict[tuple[str, str], LocalizationMeter] = {}
+        self.batches: list[list[str]] = []
+        if self.path is None or not self.path.is_file():
+            return
+        try:
+            state = json.loads(self.path.read_text())
+            if state["settings"] != json.loads(json.dumps(settings)):
+                raise ConfigError(f"{self.path}: written by an evaluation with other attacks, defenses, seed or "
+                                  "batch size; delete it to start this one afresh")
+            self.batches = state["batches"]
+            for entry in state["meters"]:
+                values = {k: [math.nan if v is None else v for v in vs] if isinstance(vs, list) else vs
+                          for k, vs in entry["values"].items()}  # (strict JSON wrote NaN as null)
+                self.meters[tuple(entry["key"])] = LocalizationMeter(**values)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{self.path}: not a readable evaluation progress file ({exc})") from None
+
+    def skip(self, b: int, names: list[str]) -> bool:
+        """Whether batch ``b`` was finished before; its images must then be the ones it was finished with."""
+        if b >= len(self.batches):
+            return False
+        if self.batches[b] != names:
+            raise ConfigError(f"{self.path}: batch {b} was finished on other images ({', '.join(self.batches[b][:3])} "
+                              f"...), not {', '.join(names[:3])} ...; delete it to evaluate this dataset afresh")
+        return True
+
+    def save(self, names: list[str]) -> None:
+        self.batches.append(names)
+        if self.path is not None:
+            write_json_atomic(self.path, {"settings": self.settings, "batches": self.batches,
+                                          "meters": [{"key": list(k), "values": asdict(v)} for k, v in self.meters.items()]})
