@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -64,6 +66,35 @@ def test_train_localizer_prints_time_and_heldout_f1(tmp_path: Path) -> None:
     assert "held-out synthetic" in res.output and "F1@0.5" in res.output and " s " in res.output
     assert (tmp_path / "loc" / "localizer.safetensors").is_file()
     assert json.loads((tmp_path / "loc" / "summary.json").read_text())["heldout"]["n_images"] == 4
+
+
+def test_a_log_that_is_not_a_terminal_gets_progress_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a cluster job's log (stderr not a terminal) the bar becomes plain lines, so an hour-long job is not
+    silent until it ends: here every update is due (ANSM_LOG_EVERY=0), and a finished task says 100%."""
+    monkeypatch.setenv("ANSM_LOG_EVERY", "0")
+    monkeypatch.delenv("ANSM_PROGRESS", raising=False)
+    res = runner.invoke(app, ["train-localizer", "--out", str(tmp_path / "loc"), "--steps", "3", "--size", "32",
+                              "--batch-size", "2", "--pool", "4", "--eval-n", "0"])
+    assert res.exit_code == 0, res.output
+    assert "rendering data: 4/4 (100%)" in res.output and "/3 (100%)" in res.output and "elapsed" in res.output
+
+
+def test_progress_lines_are_throttled_and_say_what_is_left() -> None:
+    from ansm.cli.app import LineProgress
+
+    now = [0.0]
+    bar = LineProgress(every=60)
+    bar.clock = lambda: now[0]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        task = bar.add_task("training", total=100)
+        for step in range(1, 101):
+            now[0] = step * 2.0  # 2 s a step: a line at 60 s, 120 s, ... and one at the end
+            bar.update(task, completed=step, description=f"training loss {1 / step:.3f}")
+        bar.advance(task)  # past the end: nothing more
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 4, lines  # 60, 120, 180 s and done at 200 s
+    assert lines[0] == "training loss 0.033: 30/100 (30%), 0:01:00 elapsed, ~0:02:20 left"
+    assert lines[-1].startswith("training loss 0.010: 100/100 (100%), 0:03:20 elapsed") and "left" not in lines[-1]
 
 
 def test_evaluate_over_all_shared_data(shared_dir: Path, trained_localizer_path: Path, tmp_path: Path) -> None:

@@ -120,12 +120,15 @@ def command(name: str, example: str) -> Callable[[Callable[..., T]], Callable[..
     return deco
 
 
-def progress(disable: bool | None = None) -> Progress:
-    """A Rich progress bar on stderr (hidden when stderr is not a terminal and ANSM_PROGRESS is unset)."""
-    if disable is None:
-        import os
+def progress(disable: bool | None = None) -> Progress | LineProgress:
+    """A Rich progress bar on stderr where stderr is a terminal; elsewhere (a cluster job's log, ``nohup``) plain
+    lines, one per task every ``ANSM_LOG_EVERY`` seconds (default 60) and one when such a long task finishes, so a
+    log shows how far an hour-long job has got. ``disable=True`` is silent (DDP ranks other than 0); ``ANSM_PROGRESS=1`` forces
+    the Rich bar."""
+    import os
 
-        disable = not (sys.stderr.isatty() or os.environ.get("ANSM_PROGRESS"))
+    if disable is None and not (sys.stderr.isatty() or os.environ.get("ANSM_PROGRESS")):
+        return LineProgress(float(os.environ.get("ANSM_LOG_EVERY", 60)))
     return Progress(
         TextColumn("{task.description}", markup=False),
         BarColumn(),
@@ -133,9 +136,60 @@ def progress(disable: bool | None = None) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=disable,
+        disable=bool(disable),
         transient=False,
     )
+
+
+class LineProgress:
+    """The part of ``rich.progress.Progress`` the commands use (``add_task``, ``advance``, ``update``), writing
+    ``description: done/total (pct), elapsed, ~left`` lines to stderr at most every ``every`` seconds per task, and
+    one when a task that ran at least ``every`` seconds ends."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        import time
+
+        self.every, self.clock, self.tasks = every, time.monotonic, {}
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
+        now = self.clock()
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0.0, "start": now,
+                                       "shown": now, "finished": False}
+        return len(self.tasks) - 1
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def update(self, task_id: int, *, completed: float | None = None, advance: float | None = None,
+               description: str | None = None, total: float | None = None, **_: Any) -> None:
+        t = self.tasks[task_id]
+        t["completed"] = completed if completed is not None else t["completed"] + (advance or 0)
+        t["description"], t["total"] = description or t["description"], total if total is not None else t["total"]
+        now, done = self.clock(), t["total"] is not None and t["completed"] >= t["total"]
+        # a line when one is due, and when a task that ran at least that long ends (a 1-second task says nothing)
+        if t["finished"] or not (now - t["shown"] >= self.every or (done and now - t["start"] >= self.every)):
+            return
+        t["shown"], t["finished"] = now, done
+        elapsed = now - t["start"]
+        line = f"{t['description']}: {t['completed']:.0f}"
+        if t["total"]:
+            share = t["completed"] / t["total"]
+            line += f"/{t['total']:.0f} ({share:.0%})"
+        line += f", {_clock(elapsed)} elapsed"
+        if t["total"] and 0 < t["completed"] < t["total"]:
+            line += f", ~{_clock(elapsed / t['completed'] * (t['total'] - t['completed']))} left"
+        print(line, file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{sec:02d}"
 
 
 @contextlib.contextmanager
