@@ -77,6 +77,9 @@ def test_a_log_that_is_not_a_terminal_gets_progress_lines(tmp_path: Path, monkey
                               "--batch-size", "2", "--pool", "4", "--eval-n", "0"])
     assert res.exit_code == 0, res.output
     assert "rendering data: 4/4 (100%)" in res.output and "/3 (100%)" in res.output and "elapsed" in res.output
+    monkeypatch.setenv("ANSM_LOG_EVERY", "soon")
+    res = runner.invoke(app, ["synth", "--out", str(tmp_path / "s"), "--n", "2"])
+    assert res.exit_code == 2 and res.output.strip() == "error: ANSM_LOG_EVERY must be a number of seconds >= 0, got 'soon'"
 
 
 def test_progress_lines_are_throttled_and_say_what_is_left() -> None:

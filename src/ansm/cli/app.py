@@ -128,7 +128,14 @@ def progress(disable: bool | None = None) -> Progress | LineProgress:
     import os
 
     if disable is None and not (sys.stderr.isatty() or os.environ.get("ANSM_PROGRESS")):
-        return LineProgress(float(os.environ.get("ANSM_LOG_EVERY", 60)))
+        every = os.environ.get("ANSM_LOG_EVERY", "60")
+        try:
+            seconds = float(every)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < float("inf"):
+            raise AnsmError(f"ANSM_LOG_EVERY must be a number of seconds >= 0, got {every!r}")
+        return LineProgress(seconds)
     return Progress(
         TextColumn("{task.description}", markup=False),
         BarColumn(),
