@@ -192,8 +192,8 @@ def section_benchmark(models: list[str], args: argparse.Namespace) -> None:
 
 
 def section_real(models: list[str], args: argparse.Namespace) -> None:
-    """The real benchmark's finished stages (nothing is run here): the localizer on the real protocol, and ANSM's
-    recipe comparison on val and seeds on test."""
+    """The real benchmark's finished stages (nothing is run here): the localizer on the real protocol, ANSM's
+    recipe comparison on val and seeds on test (README), and stage 7's informed attackers (docs/benchmark.md)."""
     from ansm.benchmark.real import load_finished
     from ansm.benchmark.real_report import localizer_section, test_section, val_section
 
@@ -207,6 +207,11 @@ def section_real(models: list[str], args: argparse.Namespace) -> None:
         parts = [val_section(done)] + ([test_section(done)] if "test" in done else
                                        ["(the test stage has not been run yet: no CASIA v1 test number for ANSM exists)"])
         update_readme_section("real-ansm", "\n\n".join(parts) + f"\n\n{command}.", REPO / "README.md")
+    if "informed" in done:  # stage 7: plain vs robust ANSM vs adversarial fine-tuning, attackers who know them
+        from ansm.benchmark.real_informed import informed_section
+
+        update_readme_section("real-informed", f"{informed_section(done)}\n\n{command[:-1]} --until informed`.",
+                              REPO / "docs" / "benchmark.md")
 
 
 SECTIONS = {"real": section_real, "benchmark": section_benchmark, "localizer": section_localizer, "attacks": section_attacks, "shared": section_shared, "demo": section_demo}
