@@ -98,14 +98,15 @@ def mean_f1(model: Callable[[torch.Tensor], torch.Tensor], batches: list) -> tup
     return sum(scores) / len(scores), len(scores)
 
 
-def white_box_f1(model: nn.Module, batches: list, eps: int, steps: int) -> float:
+def white_box_f1(model: nn.Module, batches: list, eps: float, steps: int, eight_bit: bool = False) -> float:
     """Mean F1 over the forged images under the white-box PGD (``steps``, untargeted and hide, one restart each,
-    the worst per image; ``ansm.benchmark.threats.adaptive_attack``) at ``eps``/255."""
+    the worst per image; ``ansm.benchmark.threats.adaptive_attack``) at ``eps``/255. ``eight_bit``: the attacked
+    image rounded to 8 bits first, as a forger's published PNG is (is the number owed to float precision?)."""
     from ansm.benchmark.threats import adaptive_attack
     from ansm.utils import seeded_generator
 
     scores = []
     for k, (x, m) in enumerate(batches):
         res = adaptive_attack(model, model, x, m, eps / 255, steps, 1, ["untargeted", "hide"], seeded_generator(0, k))
-        scores += forged_f1(model, res.worst, m)
+        scores += forged_f1(model, (res.worst * 255).round() / 255 if eight_bit else res.worst, m)
     return sum(scores) / len(scores)
