@@ -37,6 +37,8 @@ def test_synth_then_evaluate_writes_json(tmp_path: Path, trained_localizer_path:
     numbers = json.loads(out.read_text())["datasets"]
     assert set(numbers) == {"synth", "synthetic:4"}
     assert numbers["synth"]["n_images"] == 10 and 0.0 <= numbers["synth"]["f1"] <= 1.0
+    # the table printed to a log (not a terminal) keeps whole numbers, not Rich's 80-column "0.4…"
+    assert f"{numbers['synth']['pixel_auc']:.3f}" in res.output and "…" not in res.output
 
 
 @pytest.mark.parametrize("args, message", [

@@ -193,9 +193,13 @@ def evaluate_cmd(
         table.add_column("mask marks")
     for name, r in results.items():
         table.add_row(name, *(fmt(r[c]) for c in COLUMNS), *([conventions[name]] if conventions else []))
+    import sys
+
     from rich.console import Console
 
-    Console(markup=False).print(table)  # dataset and model names are printed as given
+    # dataset and model names are printed as given; in a log (not a terminal) Rich would fit the table to 80
+    # columns and cut every number to "0.4…", so it gets room for all of them
+    Console(markup=False, width=None if sys.stdout.isatty() else 200).print(table)
     if json_path:
         splits = {k: getattr(ds, "split", None) for k, ds in datasets.items()}
         write_json_atomic(json_path, {"model": model, "protocol": protocol, "datasets": results, "sources": sources,
