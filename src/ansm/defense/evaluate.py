@@ -37,7 +37,7 @@ from ansm.eval.evaluate import same_size_batches
 from ansm.eval.metrics import LocalizationMeter
 from ansm.eval.stats import bootstrap_ci
 from ansm.errors import ConfigError
-from ansm.utils import seeded_generator, write_json_atomic
+from ansm.utils import read_json, seeded_generator, write_json_atomic
 
 RECOVERY_MIN_GAP = 0.05  # F1 the attack must take away before a recovery ratio is reported
 RECOVERY_MIN_IMAGES = 20  # forged images needed before a recovery ratio is reported
@@ -200,8 +200,8 @@ class _Progress:
         self.batches: list[list[str]] = []
         if self.path is None or not self.path.is_file():
             return
+        state = read_json(self.path, ConfigError, "evaluation progress file")
         try:
-            state = json.loads(self.path.read_text())
             if state["settings"] != json.loads(json.dumps(settings)):
                 raise ConfigError(f"{self.path}: written by an evaluation with other attacks, defenses, seed or "
                                   "batch size; delete it to start this one afresh")
@@ -210,7 +210,7 @@ class _Progress:
                 values = {k: [math.nan if v is None else v for v in vs] if isinstance(vs, list) else vs
                           for k, vs in entry["values"].items()}  # (strict JSON wrote NaN as null)
                 self.meters[tuple(entry["key"])] = LocalizationMeter(**values)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise ConfigError(f"{self.path}: not a readable evaluation progress file ({exc})") from None
 
     def skip(self, b: int, names: list[str]) -> bool:
