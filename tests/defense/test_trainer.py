@@ -17,7 +17,7 @@ from ansm.defense import TrainANSMConfig, load_ansm, train_ansm
 from ansm.defense.evaluate import AttackSpec, evaluate_defenses, recovery
 from ansm.defense.trainer import lr_at
 from ansm.errors import CheckpointError, ConfigError
-from ansm.utils import dumps_json
+from ansm.utils import dumps_json, run_environment
 
 
 def test_localizer_weights_bit_identical_and_the_module_left_as_it_was(trained_localizer, tiny_cfg) -> None:
@@ -68,6 +68,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_cfg, tmp_path) -> None:
         train_ansm(cfg, on_step=kill_after_three)
     resumed, summary = train_ansm(cfg)
     assert summary["resumed_from"] == 2
+    assert summary["environments"] == [run_environment("cpu")]  # one environment, so the resume is exact
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(CheckpointError, match="cannot resume, lr"):

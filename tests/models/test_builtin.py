@@ -81,3 +81,15 @@ def test_training_resumes_to_identical_weights(tmp_path: Path) -> None:
         assert torch.equal(a, b), k
     with pytest.raises(CheckpointError, match="cannot resume"):
         train_localizer(TrainLocalizerConfig(out=str(tmp_path / "cut"), **{**cfg, "seed": 5}))
+    assert [e["cpu_threads"] for e in summary["environments"]] == [torch.get_num_threads()]
+    # a resume on another thread count is recorded: the sums split differently, so the run is another run
+    with pytest.raises(Killed):
+        train_localizer(TrainLocalizerConfig(out=str(tmp_path / "other"), **cfg), on_step=kill_at_step_4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        _, summary = train_localizer(TrainLocalizerConfig(out=str(tmp_path / "other"), **cfg))
+    finally:
+        torch.set_num_threads(threads)
+    assert [e["cpu_threads"] for e in summary["environments"]] == [threads, threads + 1]
+    assert summary["environments"][0]["torch"] == torch.__version__

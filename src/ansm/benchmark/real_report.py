@@ -41,11 +41,19 @@ def localizer_section(done: dict[str, Any]) -> str:
         history = ", ".join(f"{h['step']}: {h['f1']:.3f}" for h in summary["val_history"])
         t = summary["config"]
         head = (f"{t['arch']} trained on CASIA v1 `train` only: {t['steps']} steps, batch {t['batch_size']}, "
-                f"{t['crop']}-px crops, lr {t['lr']:g} ({summary['train_s'] / 60:.0f} min with validation). Val "
+                f"{t['crop']}-px crops, lr {t['lr']:g} ({summary['train_s'] / 60:.0f} min with validation"
+                f"{_environment(summary)}). Val "
                 f"F1@0.5 by step ({history}) chose step {summary['chosen_step']} (val F1 {summary['val']['f1']:.3f}); "
                 "`test` was evaluated once, after.")
     return (f"{table}\n\n{head} Every image at native resolution (over 1 MP in tiles); F1/IoU are means over forged "
             f"images at threshold 0.5, auth. FP the share of authentic pixels flagged. {tail}")
+
+
+def _environment(summary: dict[str, Any]) -> str:
+    """Where the training ran, since the CPU thread count changes a run's result (:func:`ansm.utils.run_environment`)."""
+    envs = summary.get("environments") or []  # (absent from summaries written before it was recorded)
+    return "".join(f"; {'then ' if i else ''}torch {e['torch']}, {e['device']}, {e['cpu_threads']} CPU threads"
+                   for i, e in enumerate(envs))
 
 
 def val_section(done: dict[str, Any]) -> str:

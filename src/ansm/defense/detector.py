@@ -57,7 +57,7 @@ from ansm.checkpoint import (build_from_config, checkpoint_paths, load_checkpoin
                              optimizer_from_tensors, optimizer_to_tensors, save_checkpoint)
 from ansm.defense.ansm_net import blur_kernel, high_pass
 from ansm.errors import CheckpointError, ConfigError, DataError
-from ansm.utils import parse_eps, seeded_generator, write_json_atomic
+from ansm.utils import environments_so_far, parse_eps, run_environment, seeded_generator, write_json_atomic
 from ansm.validate import check_fields
 
 TARGET_FPR = 0.05
@@ -377,14 +377,16 @@ def threshold_at_fpr(neg_scores: np.ndarray, fpr: float = TARGET_FPR) -> float:
     return float(s[k]) if k < len(s) else float(s[-1])
 
 
-def _save_state(path: Path, det: AttackDetector, opt: torch.optim.Optimizer, step: int, cfg: TrainDetectorConfig) -> None:
+def _save_state(path: Path, det: AttackDetector, opt: torch.optim.Optimizer, step: int, cfg: TrainDetectorConfig,
+                environments: list[dict[str, Any]]) -> None:
     opt_tensors, opt_meta = optimizer_to_tensors(opt)
     tensors = {f"model.{k}": v for k, v in det.state_dict().items()} | opt_tensors
     save_checkpoint(path, tensors, {"kind": "detector_train_state", "step": step, "config": asdict(cfg),
-                                    "optimizer": opt_meta})
+                                    "optimizer": opt_meta, "environments": environments})
 
 
-def _load_state(path: Path, det: AttackDetector, opt: torch.optim.Optimizer, cfg: TrainDetectorConfig) -> int:
+def _load_state(path: Path, det: AttackDetector, opt: torch.optim.Optimizer,
+                cfg: TrainDetectorConfig) -> tuple[int, list[dict[str, Any]]]:
     tensors, meta = load_checkpoint(path)
     if meta.get("kind") != "detector_train_state":
         raise CheckpointError(f"{path}: not a detector training state (kind={meta.get('kind')!r}); use a new --out")
@@ -395,7 +397,7 @@ def _load_state(path: Path, det: AttackDetector, opt: torch.optim.Optimizer, cfg
                                   "(use a new --out to change it)")
     load_state_dict_strict(det, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     optimizer_from_tensors(opt, tensors, meta["optimizer"])
-    return int(meta["step"])
+    return int(meta["step"]), list(meta.get("environments", []))
 
 
 def train_detector(cfg: TrainDetectorConfig, localizer: nn.Module | None = None,
@@ -419,7 +421,8 @@ def train_detector(cfg: TrainDetectorConfig, localizer: nn.Module | None = None,
     det = AttackDetector(cfg.width, cfg.eps_ref, cfg.use_image).to(device)
     opt = torch.optim.Adam(det.parameters(), lr=cfg.lr)
     state_path = out / "train_state"
-    start = _load_state(state_path, det, opt, cfg) if checkpoint_paths(state_path)[1].exists() else 0
+    start, environments = _load_state(state_path, det, opt, cfg) if checkpoint_paths(state_path)[1].exists() else (0, [])
+    environments = environments_so_far(environments, run_environment(device))
     pool = render_clean_pool(cfg.pool, cfg.seed, cfg.size, cfg.source, on_item=on_pool_item)
     adv = load_adversarial_pool(cfg.adv_data, pool) if cfg.adv_data and cfg.adv_fraction > 0 else None
     losses: list[float] = []
@@ -437,7 +440,7 @@ def train_detector(cfg: TrainDetectorConfig, localizer: nn.Module | None = None,
             on_step(step, losses[-1])
         done = step + 1
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            _save_state(state_path, det, opt, done, cfg)
+            _save_state(state_path, det, opt, done, cfg, environments)
     det.eval()
     threshold, calib = 0.5, None
     if cfg.calib_n:
@@ -447,7 +450,8 @@ def train_detector(cfg: TrainDetectorConfig, localizer: nn.Module | None = None,
         threshold = calibrate_threshold(det, x.to(device))
         calib = {"split": "val", "n_images": cfg.calib_n, "target_fpr": TARGET_FPR, "benign_prob": cfg.benign_prob}
     summary = {"resumed_from": start, "steps": cfg.steps, "final_loss": losses[-1] if losses else None,
-               "threshold": threshold, "calibration": calib, "train_s": round(time.perf_counter() - t0, 1)}
+               "threshold": threshold, "calibration": calib, "train_s": round(time.perf_counter() - t0, 1),
+               "environments": environments}
     save_detector(det, out / "detector", localizer=cfg.localizer, threshold=threshold, calibration=calib,
                   train_config=asdict(cfg), training=summary)
     write_json_atomic(out / "summary.json", {**summary, "config": asdict(cfg)})

@@ -71,7 +71,7 @@ from ansm.defense.losses import (REDUCTIONS, clean_kl_loss, distill_loss, featur
                                  pixel_denoiser_loss)
 from ansm.errors import CheckpointError, ConfigError
 from ansm.models.taps import FeatureTaps, resolve_layers
-from ansm.utils import parse_eps, seeded_generator, write_json_atomic
+from ansm.utils import environments_so_far, parse_eps, run_environment, seeded_generator, write_json_atomic
 from ansm.validate import check_fields
 
 if TYPE_CHECKING:
@@ -378,13 +378,16 @@ def freeze(localizer: nn.Module) -> nn.Module:
     return localizer.to(memory_format=torch.channels_last)
 
 
-def _save_state(path: Path, ansm: ANSM, opt: torch.optim.Optimizer, step: int, cfg: TrainANSMConfig) -> None:
+def _save_state(path: Path, ansm: ANSM, opt: torch.optim.Optimizer, step: int, cfg: TrainANSMConfig,
+                environments: list[dict[str, Any]]) -> None:
     opt_tensors, opt_meta = optimizer_to_tensors(opt)
     tensors = {f"model.{k}": v for k, v in ansm.state_dict().items()} | opt_tensors
-    save_checkpoint(path, tensors, {"kind": "ansm_train_state", "step": step, "config": asdict(cfg), "optimizer": opt_meta})
+    save_checkpoint(path, tensors, {"kind": "ansm_train_state", "step": step, "config": asdict(cfg), "optimizer": opt_meta,
+                                    "environments": environments})
 
 
-def _load_state(path: Path, ansm: ANSM, opt: torch.optim.Optimizer, cfg: TrainANSMConfig) -> int:
+def _load_state(path: Path, ansm: ANSM, opt: torch.optim.Optimizer,
+                cfg: TrainANSMConfig) -> tuple[int, list[dict[str, Any]]]:
     tensors, meta = load_checkpoint(path)
     saved, now = meta.get("config", {}), asdict(cfg)
     defaults = asdict(TrainANSMConfig())  # a state written before a field existed was trained with its default
@@ -394,7 +397,7 @@ def _load_state(path: Path, ansm: ANSM, opt: torch.optim.Optimizer, cfg: TrainAN
                                   "(use a new --out to change it)")
     load_state_dict_strict(ansm, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     optimizer_from_tensors(opt, tensors, meta["optimizer"])
-    return int(meta["step"])
+    return int(meta["step"]), list(meta.get("environments", []))
 
 
 def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
@@ -427,7 +430,9 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
         opt = torch.optim.Adam(ansm.parameters(), lr=cfg.lr)
         teacher = load_teacher(cfg.teacher, ctx.device) if cfg.teacher is not None else None
         state_path = out / "train_state"
-        start = _load_state(state_path, ansm, opt, cfg) if checkpoint_paths(state_path)[1].exists() else 0
+        start, environments = _load_state(state_path, ansm, opt, cfg) if checkpoint_paths(state_path)[1].exists() \
+            else (0, [])
+        environments = environments_so_far(environments, run_environment(ctx.device))
 
         pool = (real_clean_pool(cfg.data, cfg.split, on_item=on_pool_item) if cfg.data is not None
                 else render_clean_pool(cfg.pool, cfg.seed if cfg.pool_seed is None else cfg.pool_seed, cfg.size,
@@ -462,7 +467,7 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
             if ctx.is_main and done == cfg.stage1_steps:
                 save_ansm(ansm, out / "ansm_stage1", stage="stage1", steps=done, **meta)
             if ctx.is_main and (done % cfg.ckpt_every == 0 or done == cfg.total_steps or done == cfg.stage1_steps):
-                _save_state(state_path, ansm, opt, done, cfg)
+                _save_state(state_path, ansm, opt, done, cfg, environments)
             barrier(ctx)
         ansm.eval()
         ansm.noise_generator = None
@@ -471,6 +476,7 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
             "final_loss_stage1": losses[1][-1] if losses[1] else None,
             "final_loss_stage2": losses[2][-1] if losses[2] else None,
             "data_s": round(t_data, 1), "train_s": round(time.perf_counter() - t0, 1), "taps": taps,
+            "environments": environments,
         }
         if ctx.is_main:
             stage = "full" if cfg.stage1_steps and cfg.stage2_steps else ("stage1" if cfg.stage1_steps else "stage2")

@@ -44,7 +44,7 @@ from ansm.data.synth import SyntheticForgeries
 from ansm.errors import CheckpointError, ConfigError
 from ansm.eval.evaluate import evaluate
 from ansm.models.registry import create_localizer, save_localizer
-from ansm.utils import seeded_generator
+from ansm.utils import environments_so_far, run_environment, seeded_generator
 from ansm.validate import check_fields
 
 if TYPE_CHECKING:
@@ -252,14 +252,16 @@ def trades_example(model: nn.Module, x: torch.Tensor, step: int, cfg: TrainLocal
 
 
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg: TrainLocalizerConfig,
-                val_history: list[dict[str, Any]] | None = None) -> None:
+                val_history: list[dict[str, Any]] | None = None,
+                environments: list[dict[str, Any]] | None = None) -> None:
     opt_tensors, opt_meta = optimizer_to_tensors(opt)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
     save_checkpoint(path, tensors, {"kind": "train_state", "step": step, "config": asdict(cfg), "optimizer": opt_meta,
-                                    "val_history": val_history or []})
+                                    "val_history": val_history or [], "environments": environments or []})
 
 
-def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainLocalizerConfig) -> int:
+def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                cfg: TrainLocalizerConfig) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
     tensors, meta = load_checkpoint(path)
     saved = meta.get("config", {})
     for key in ("arch", "arch_kwargs", "seed", "size", "crop", "pool", "source", "batch_size", "steps", "init",
@@ -270,7 +272,7 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: T
             raise CheckpointError(f"{path}: cannot resume, {key} was {was!r} but is now {asdict(cfg).get(key)!r}")
     load_state_dict_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     optimizer_from_tensors(opt, tensors, meta["optimizer"])
-    return int(meta["step"]), list(meta.get("val_history", []))
+    return int(meta["step"]), list(meta.get("val_history", [])), list(meta.get("environments", []))
 
 
 def train_localizer(cfg: TrainLocalizerConfig, on_step: Callable[[int, float], None] | None = None,
@@ -315,8 +317,9 @@ def _train(cfg: TrainLocalizerConfig, ctx: DistContext, on_step: Callable[[int, 
                                                   else None)
     rows = ctx.batch_slice(cfg.batch_size)
     state_path = out / "train_state"
-    start, val_history = (_load_state(state_path, model, opt, cfg) if checkpoint_paths(state_path)[1].exists()
-                          else (0, []))
+    start, val_history, environments = (_load_state(state_path, model, opt, cfg)
+                                        if checkpoint_paths(state_path)[1].exists() else (0, [], []))
+    environments = environments_so_far(environments, run_environment(ctx.device))
     real = val_set = None
     if cfg.data is not None:
         from ansm.data.datasets import open_dataset
@@ -373,11 +376,12 @@ def _train(cfg: TrainLocalizerConfig, ctx: DistContext, on_step: Callable[[int, 
                 validate(done)
             barrier(ctx)
         if ctx.is_main and (done % cfg.ckpt_every == 0 or done == cfg.steps):
-            _save_state(state_path, model, opt, done, cfg, val_history)
+            _save_state(state_path, model, opt, done, cfg, val_history, environments)
     model.eval()
     t_train = time.perf_counter() - t0
     summary: dict[str, Any] = {"arch": cfg.arch, "steps": cfg.steps, "resumed_from": start, "final_loss": loss_value,
-                               "data_s": round(t_data, 1), "train_s": round(t_train, 1), "config": asdict(cfg)}
+                               "data_s": round(t_data, 1), "train_s": round(t_train, 1), "config": asdict(cfg),
+                               "environments": environments}
     if ctx.is_main:  # (only rank 0 validated, so only it knows the best step)
         if val_set is not None and val_history:
             # the final model is the checkpoint chosen on val, never the last step by default
