@@ -19,6 +19,12 @@ run trains against PGD-10 instead, for 2,000 steps: about the same compute as PG
 first run was fixed before it started; the second run and the two diagnostic columns were added after its rows
 were seen, all on ``val``; nothing here is chosen on ``test``.
 
+A third run was added after ``experiments/eps_curve.py``: the plain unet-small (RGB, no noise residual; trained by
+that probe's docstring command) was the least sensitive localizer there, and 1,000 steps of PGD-10 training from it
+kept half its clean F1 up to 1/255, but at clean F1 0.30. Its question: given 4,000 steps (one cosine schedule, the
+PGD-3 run's length and recipe, PGD-10 as the attack), does its clean F1 come back, as the twostream's did, and
+does the robustness stay? Its step-0 row is the clean unet-small.
+
     python experiments/at_scale_probe.py          # ~2 h on one core; rows resume one by one
     python experiments/at_scale_probe.py --docs   # also writes the table into docs/benchmark.md
 """
@@ -26,7 +32,9 @@ were seen, all on ``val``; nothing here is chosen on ``test``.
 from __future__ import annotations
 
 import json
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn as nn
@@ -41,41 +49,57 @@ from ansm.utils import seeded_generator, write_json_atomic  # noqa: E402
 OUT = REPO / "runs" / "experiments" / "at-scale"
 EPS = (2, 4, 8)
 STEPS = 100
-# variant -> (its folder, PGD steps of the training attack, snapshot steps); PGD-3's folder is the probe's first
-VARIANTS = {"PGD-3": (OUT, 3, (500, 1000, 2000, 4000)), "PGD-10": (OUT / "pgd10", 10, (500, 1000, 2000))}
+UNET_SMALL = REPO / "runs" / "experiments" / "eps-curve" / "unet-small" / "localizer"
+
+
+@dataclass(frozen=True)
+class Variant:
+    out: Path  # its folder (PGD-3's is the probe's first)
+    adv_steps: int  # PGD steps of the training attack
+    snapshots: tuple[int, ...]  # steps whose weights are attacked
+    init: Path = TARGET  # the localizer it starts from; its own step-0 row unless it is the target
+    label: str = ""  # how the table names it
+
+
+VARIANTS = {"PGD-3": Variant(OUT, 3, (500, 1000, 2000, 4000), label="PGD-3"),
+            "PGD-10": Variant(OUT / "pgd10", 10, (500, 1000, 2000), label="PGD-10"),
+            "unet-small PGD-10": Variant(OUT / "unet-small-pgd10", 10, (1000, 2000, 4000), UNET_SMALL,
+                                         "unet-small, PGD-10")}
 TRAINING_ATTACK, WEAK = "training attack 4/255", "white-box PGD-10 4/255"
 
 
-def training_config(out: Path, adv_steps: int, snapshots: tuple[int, ...]) -> TrainLocalizerConfig:
-    target_cfg = json.loads(TARGET.with_suffix(".json").read_text())["training"]["config"]
-    return TrainLocalizerConfig(out=str(out / "train"), init=str(TARGET), seed=0, size=64, steps=snapshots[-1],
-                                batch_size=16, lr=1e-3, warmup=20, pool=4000, eval_n=0, ckpt_every=snapshots[0],
-                                adv_eps=4 / 255, adv_steps=adv_steps, adv_fraction=0.5,
-                                noise_std=target_cfg.get("noise_std", 0.0), noise_prob=target_cfg.get("noise_prob", 0.5))
+def training_config(v: Variant) -> TrainLocalizerConfig:
+    init_cfg = json.loads(v.init.with_suffix(".json").read_text())["training"]["config"]
+    return TrainLocalizerConfig(out=str(v.out / "train"), init=str(v.init), seed=0, size=64, steps=v.snapshots[-1],
+                                batch_size=16, lr=1e-3, warmup=20, pool=4000, eval_n=0, ckpt_every=v.snapshots[0],
+                                adv_eps=4 / 255, adv_steps=v.adv_steps, adv_fraction=0.5,
+                                noise_std=init_cfg.get("noise_std", 0.0), noise_prob=init_cfg.get("noise_prob", 0.5))
 
 
 def measure() -> dict[str, dict]:
     """``{variant: {step: row}}``; rows not yet in a variant's summary.json are measured and written one by one,
     so a killed run resumes (its training too)."""
     require_target()
+    if not UNET_SMALL.with_suffix(".json").is_file():
+        sys.exit(f"error: no unet-small at {UNET_SMALL}: train it with the command in experiments/eps_curve.py")
     batches = val_batches()
-    return {name: measure_variant(out, adv_steps, snapshots, batches)
-            for name, (out, adv_steps, snapshots) in VARIANTS.items()}
+    return {name: measure_variant(v, batches) for name, v in VARIANTS.items()}
 
 
-def measure_variant(out: Path, adv_steps: int, snapshots: tuple[int, ...], batches: list) -> dict[str, dict]:
+def measure_variant(v: Variant, batches: list) -> dict[str, dict]:
+    out, snapshots = v.out, v.snapshots
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     out.mkdir(parents=True, exist_ok=True)
-    if out == OUT and "0" not in summary:  # the target itself, once
-        summary["0"] = score(frozen(load_localizer(TARGET)), batches)
+    if (out == OUT or v.init != TARGET) and "0" not in summary:  # the target itself once, any other start in its run
+        summary["0"] = score(frozen(load_localizer(v.init)), batches)
         write_json_atomic(out / "summary.json", summary)
-    cfg = training_config(out, adv_steps, snapshots)
+    cfg = training_config(v)
     state = Path(cfg.out) / "train_state"
     t0, attacking = time.perf_counter(), [0.0]  # seconds spent attacking snapshots, not training
 
     def snapshot(step: int) -> None:
         t = time.perf_counter()
-        evaluate_snapshot(step, state, out, summary, batches, t - t0 - attacking[0])
+        evaluate_snapshot(step, state, v, summary, batches, t - t0 - attacking[0])
         attacking[0] += time.perf_counter() - t
 
     def on_step(step: int, _loss: float) -> None:
@@ -88,7 +112,7 @@ def measure_variant(out: Path, adv_steps: int, snapshots: tuple[int, ...], batch
         if str(snapshots[-1]) not in summary:
             snapshot(snapshots[-1])
     for step, row in summary.items():  # diagnostic columns, added after the first rows were measured
-        model = frozen(load_localizer(TARGET if step == "0" else out / f"step-{step}"))
+        model = frozen(load_localizer(v.init if step == "0" else out / f"step-{step}"))
         if TRAINING_ATTACK not in row:
             row[TRAINING_ATTACK] = training_attack_f1(model, batches, cfg)
         if WEAK not in row:
@@ -107,11 +131,12 @@ def training_attack_f1(model: nn.Module, batches: list, cfg: TrainLocalizerConfi
     return sum(scores) / len(scores)
 
 
-def evaluate_snapshot(step: int, state: Path, out: Path, summary: dict, batches: list, train_s: float) -> None:
+def evaluate_snapshot(step: int, state: Path, v: Variant, summary: dict, batches: list, train_s: float) -> None:
     tensors, meta = load_checkpoint(state)
     if meta["step"] != step:
         raise RuntimeError(f"{state}: holds step {meta['step']}, expected {step}")
-    model = load_localizer(TARGET)
+    out = v.out
+    model = load_localizer(v.init)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     save_localizer(model, out / f"step-{step}")
     t = time.perf_counter()
@@ -132,8 +157,10 @@ def table(summaries: dict[str, dict[str, dict]]) -> str:
              "white-box 4/255 | white-box 8/255 | white-box PGD-10 4/255 | its training attack 4/255 | "
              "training s (one core, this process) |", "|---|---|---|---|---|---|---|---|"]
     for name, summary in summaries.items():
+        v = VARIANTS[name]
         for step, r in sorted(summary.items(), key=lambda kv: int(kv[0])):
-            label = "none (the target localizer)" if step == "0" else f"{name}, {step} steps"
+            start = "none (the target localizer)" if v.init == TARGET else f"none ({v.init.parent.name}, its start)"
+            label = start if step == "0" else f"{v.label}, {step} steps"
             lines.append(f"| {label} | {r['clean']:.3f} | " + " | ".join(f"{r[f'adaptive {e}/255']:.3f}" for e in EPS)
                          + f" | {r[WEAK]:.3f} | {r[TRAINING_ATTACK]:.3f} | {r.get('train_s', '-')} |")
     return "\n".join(lines)
