@@ -42,11 +42,17 @@ def localizer_section(done: dict[str, Any]) -> str:
         t = summary["config"]
         head = (f"{t['arch']} trained on CASIA v1 `train` only: {t['steps']} steps, batch {t['batch_size']}, "
                 f"{t['crop']}-px crops, lr {t['lr']:g} ({summary['train_s'] / 60:.0f} min with validation"
-                f"{_environment(summary)}). Val "
+                f"{_resumed(summary)}{_environment(summary)}). Val "
                 f"F1@0.5 by step ({history}) chose step {summary['chosen_step']} (val F1 {summary['val']['f1']:.3f}); "
                 "`test` was evaluated once, after.")
     return (f"{table}\n\n{head} Every image at native resolution (over 1 MP in tiles); F1/IoU are means over forged "
             f"images at threshold 0.5, auth. FP the share of authentic pixels flagged. {tail}")
+
+
+def _resumed(summary: dict[str, Any]) -> str:
+    """A resumed training's time covers only the steps after the resume: say so, not a whole run's time."""
+    start = summary.get("resumed_from") or 0
+    return f" for steps {start}-{summary['steps']}, the run having resumed at step {start}" if start else ""
 
 
 def _environment(summary: dict[str, Any]) -> str:
