@@ -162,7 +162,8 @@ def table(summaries: dict[str, dict[str, dict]]) -> str:
             start = "none (the target localizer)" if v.init == TARGET else f"none ({v.init.parent.name}, its start)"
             label = start if step == "0" else f"{v.label}, {step} steps"
             lines.append(f"| {label} | {r['clean']:.3f} | " + " | ".join(f"{r[f'adaptive {e}/255']:.3f}" for e in EPS)
-                         + f" | {r[WEAK]:.3f} | {r[TRAINING_ATTACK]:.3f} | {r.get('train_s', '-')} |")
+                         + "".join(f" | {r[k]:.3f}" if k in r else " | -" for k in (WEAK, TRAINING_ATTACK))
+                         + f" | {r.get('train_s', '-')} |")  # (the two diagnostics are measured once training ends)
     return "\n".join(lines)
 
 
