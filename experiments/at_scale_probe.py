@@ -135,14 +135,13 @@ def evaluate_snapshot(step: int, state: Path, v: Variant, summary: dict, batches
     tensors, meta = load_checkpoint(state)
     if meta["step"] != step:
         raise RuntimeError(f"{state}: holds step {meta['step']}, expected {step}")
-    out = v.out
     model = load_localizer(v.init)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    save_localizer(model, out / f"step-{step}")
+    model.load_state_dict({k[6:]: w for k, w in tensors.items() if k.startswith("model.")})
+    save_localizer(model, v.out / f"step-{step}")
     t = time.perf_counter()
     summary[str(step)] = score(frozen(model), batches) | {"train_s": round(train_s), "attack_s": round(time.perf_counter() - t)}
     print(json.dumps({step: summary[str(step)]}), flush=True)
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(v.out / "summary.json", summary)
 
 
 def score(model: nn.Module, batches: list) -> dict[str, float]:

@@ -12,7 +12,7 @@ by thread, and a float sum in another order rounds differently. This probe measu
 2. a short ``train_localizer`` run (unet-small, synthetic, 200 steps) at 1 and at 2 threads: the largest weight
    difference and the held-out F1 of each.
 
-    OMP_NUM_THREADS=2 python experiments/thread_drift.py     (~3 min on 2 cores)
+    OMP_NUM_THREADS=2 python experiments/thread_drift.py     (~2 min on 2 cores)
 
 It writes nothing; the README's reproducibility note quotes its output.
 """
