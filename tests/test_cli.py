@@ -102,6 +102,23 @@ def test_progress_lines_are_throttled_and_say_what_is_left() -> None:
     assert lines[-1].startswith("training loss 0.010: 100/100 (100%), 0:03:20 elapsed") and "left" not in lines[-1]
 
 
+def test_progress_left_is_paced_by_this_run_not_by_resumed_items() -> None:
+    """A job killed at 90 of 100 items and resumed: the 90 arrive at once and must not make the last 10 look
+    instant (they take 10 s each here: ~1:30 left after the first, not ~0:00)."""
+    from ansm.cli.app import LineProgress
+
+    now = [0.0]
+    bar = LineProgress(every=5)
+    bar.clock = lambda: now[0]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        task = bar.add_task("scoring", total=100)
+        bar.update(task, advance=90, resumed=True)
+        now[0] = 10.0
+        bar.advance(task)
+    line = err.getvalue().splitlines()[-1]
+    assert line == "scoring: 91/100 (91%) (90 resumed), 0:00:10 elapsed, ~0:01:30 left", line
+
+
 def test_evaluate_over_all_shared_data(shared_dir: Path, trained_localizer_path: Path, tmp_path: Path) -> None:
     """Real JPEG/PNG forgeries of mixed sizes, at native resolution, one row per dataset."""
     out = tmp_path / "shared.json"

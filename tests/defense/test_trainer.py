@@ -175,7 +175,10 @@ def test_evaluation_killed_midway_resumes_to_the_unbroken_numbers(trained_locali
     with pytest.raises(Killed):
         evaluate(progress_file=progress, on_item=kill_after_two)
     assert len(json.loads(progress.read_text())["batches"]) == 2
-    assert dumps_json(evaluate(progress_file=progress)) == dumps_json(unbroken)  # (NaN-safe comparison)
+    resumed, timed = [], []  # the two finished batches are reported apart from the two scored now (progress bars)
+    assert dumps_json(evaluate(progress_file=progress, on_item=timed.append, on_resumed=resumed.append)) == \
+        dumps_json(unbroken)  # (NaN-safe comparison)
+    assert resumed == [2, 2] and timed == [2, 2]
     assert unbroken["attacks"]["pgd"]["f1_adv"] < unbroken["clean"]["f1"] - 0.05  # numbers that mean something
     # a file from other settings, or from other images, is refused by name instead of mixing two evaluations
     with pytest.raises(ConfigError, match="progress.json.*other attacks"):

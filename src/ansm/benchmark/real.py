@@ -168,7 +168,8 @@ def _score(localizer_path: Path, dataset: Any, attacks: list, defenses: dict[str
     with progress() as bar:
         task = bar.add_task(label, total=len(dataset))
         res = evaluate_defenses(localizer, dataset, attacks, models, batch_size=cfg.eval_batch, device=device, seed=0,
-                                on_item=lambda n: bar.advance(task, n), progress_file=partial)
+                                on_item=lambda n: bar.advance(task, n), progress_file=partial,
+                                on_resumed=lambda n: bar.update(task, advance=n, resumed=True))
     res.pop("examples", None)
     res["seconds"] = round(time.perf_counter() - t0, 1)  # (this process's share, after a resume)
     write_json_atomic(result, res)

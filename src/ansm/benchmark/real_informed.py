@@ -149,10 +149,12 @@ def score(cfg: "RealConfig", localizer_path: Path, casia: Path, checkpoints: dic
         task = bar.add_task("test: attackers who know the defense", total=len(forged))
         for i in range(len(forged)):
             path = cells_dir / f"{i:04d}.json"
-            if not path.is_file():
-                item = forged[i]
-                x, m = item["image"][None].to(device), item["mask"][None].to(device)
-                write_json_atomic(path, {"name": str(item["name"]), "defenses": score_image(defenses, x, m, cfg, i)})
+            if path.is_file():  # scored before a resume
+                bar.update(task, advance=1, resumed=True)
+                continue
+            item = forged[i]
+            x, m = item["image"][None].to(device), item["mask"][None].to(device)
+            write_json_atomic(path, {"name": str(item["name"]), "defenses": score_image(defenses, x, m, cfg, i)})
             bar.advance(task, 1)
     cells = [json.loads((cells_dir / f"{i:04d}.json").read_text()) for i in range(len(forged))]
     means = {k: {c: statistics.mean(cell["defenses"][k][c] for cell in cells) for c in columns}

@@ -151,7 +151,11 @@ def progress(disable: bool | None = None) -> Progress | LineProgress:
 class LineProgress:
     """The part of ``rich.progress.Progress`` the commands use (``add_task``, ``advance``, ``update``), writing
     ``description: done/total (pct), elapsed, ~left`` lines to stderr at most every ``every`` seconds per task, and
-    one when a task that ran at least ``every`` seconds ends."""
+    one when a task that ran at least ``every`` seconds ends.
+
+    ``update(task, advance=n, resumed=True)`` counts ``n`` items finished by an earlier, killed run: they move the
+    bar but not the estimate of what is left, which would otherwise take a resumed hour-long job's first minutes
+    for its pace (Rich keeps ``resumed`` as a task field and ignores it)."""
 
     def __init__(self, every: float = 60.0) -> None:
         import time
@@ -166,17 +170,20 @@ class LineProgress:
 
     def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
         now = self.clock()
-        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0.0, "start": now,
-                                       "shown": now, "finished": False}
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0.0, "resumed": 0.0,
+                                       "start": now, "shown": now, "finished": False}
         return len(self.tasks) - 1
 
     def advance(self, task_id: int, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
 
     def update(self, task_id: int, *, completed: float | None = None, advance: float | None = None,
-               description: str | None = None, total: float | None = None, **_: Any) -> None:
+               description: str | None = None, total: float | None = None, resumed: bool = False, **_: Any) -> None:
         t = self.tasks[task_id]
+        before = t["completed"]
         t["completed"] = completed if completed is not None else t["completed"] + (advance or 0)
+        if resumed:
+            t["resumed"] += t["completed"] - before
         t["description"], t["total"] = description or t["description"], total if total is not None else t["total"]
         now, done = self.clock(), t["total"] is not None and t["completed"] >= t["total"]
         # a line when one is due, and when a task that ran at least that long ends (a 1-second task says nothing)
@@ -188,9 +195,12 @@ class LineProgress:
         if t["total"]:
             share = t["completed"] / t["total"]
             line += f"/{t['total']:.0f} ({share:.0%})"
+        if t["resumed"]:
+            line += f" ({t['resumed']:.0f} resumed)"
         line += f", {_clock(elapsed)} elapsed"
-        if t["total"] and 0 < t["completed"] < t["total"]:
-            line += f", ~{_clock(elapsed / t['completed'] * (t['total'] - t['completed']))} left"
+        timed = t["completed"] - t["resumed"]  # done by this process: the pace
+        if t["total"] and timed > 0 and t["completed"] < t["total"]:
+            line += f", ~{_clock(elapsed / timed * (t['total'] - t['completed']))} left"
         print(line, file=sys.stderr, flush=True)
 
 

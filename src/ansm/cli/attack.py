@@ -82,7 +82,7 @@ def attack_cmd(
     with progress() as bar:
         task = bar.add_task(f"{attack} {k}/{n}" if n > 1 else attack, total=n_shard)
         result = build_adversarial_dataset(dataset, localizer, atk, out, seed=seed, shard=(k, n), describe=describe,
-                                           device=dev, on_item=lambda _id, _done: bar.advance(task),
+                                           device=dev, on_item=lambda _id, done: bar.update(task, advance=1, resumed=not done),
                                            batch_size=batch_size, tile=tile)
     console.print(f"{result.n_attacked} attacked, {result.n_skipped} already done ({result.n_shard} in shard {k}/{n})")
     if result.manifest is None:

@@ -97,7 +97,8 @@ def _prob(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tor
 def evaluate_defenses(localizer: nn.Module, dataset: Iterable[dict[str, Any]], attacks: list[AttackSpec],
                       defenses: Mapping[str, nn.Module], *, batch_size: int = 16, device: torch.device | str = "cpu",
                       seed: int = 0, on_item: Callable[[int], None] | None = None,
-                      keep: int = 0, progress_file: str | os.PathLike | None = None) -> dict[str, Any]:
+                      keep: int = 0, progress_file: str | os.PathLike | None = None,
+                      on_resumed: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Score ``defenses`` against ``attacks`` on ``dataset``; see the module docstring for the numbers.
 
     Args:
@@ -107,6 +108,8 @@ def evaluate_defenses(localizer: nn.Module, dataset: Iterable[dict[str, Any]], a
             batches, so an evaluation killed after an hour resumes at the next batch, with the numbers an
             unbroken run gives (each batch's attacks are seeded by the batch's index). ``keep`` examples are
             not kept across a resume.
+        on_resumed: called instead of ``on_item`` for each batch skipped because ``progress_file`` has it (so a
+            progress bar can tell them from timed work); by default ``on_item`` is called for them too.
     Returns:
         ``{"attacks": {name: {"f1_clean", "f1_adv", "defenses": {d: {"f1_def", "f1_clean_def", "recovery",
         ...}}}}, "clean": {...}, "n_images", "n_forged", "examples": [...]}``.
@@ -132,8 +135,8 @@ def evaluate_defenses(localizer: nn.Module, dataset: Iterable[dict[str, Any]], a
         for b, batch in enumerate(same_size_batches(dataset, batch_size)):
             names = [str(it["name"]) for it in batch]
             if progress.skip(b, names):  # finished before a resume
-                if on_item:
-                    on_item(len(batch))
+                if on_resumed or on_item:
+                    (on_resumed or on_item)(len(batch))
                 continue
             x = torch.stack([it["image"] for it in batch]).to(device)
             m = torch.stack([it["mask"] for it in batch]).to(device)
