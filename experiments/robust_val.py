@@ -18,6 +18,8 @@ winner is what ``BenchmarkConfig``'s ``robust_*`` defaults are; ``test`` is not 
         --only advft --only advft-eps4 --only plain-x4 --only df1-kl0-x4 --only advft-x4 --only trades \
         --only trades-b6 --only trades-x9 --docs
         # (the probes: a pixel anchor, small training budgets, the fine-tuning's budget, 4x the steps, TRADES)
+    python experiments/robust_val.py --only stack-plain --only stack-robust --docs
+        # (the stack: ANSM in front of at_scale_probe.py's unet-small + PGD-10, which that script trains first)
 
 ``--docs`` writes each table (robust recipe; stochastic ANSM; probes) whose every row has finished, in this run or an earlier
 one (each variant's ``summary.json``); the stochastic ANSM's is written with the rows finished so far and names
@@ -42,6 +44,8 @@ from ansm.benchmark.run import run_benchmark  # noqa: E402
 from ansm.eval.readme import update_readme_section  # noqa: E402
 
 OUT = REPO / "runs" / "experiments" / "robust-val"
+# the stack's localizer: `python experiments/at_scale_probe.py` (its third run) writes it
+STACK = REPO / "runs" / "experiments" / "at-scale" / "unet-small-pgd10" / "step-4000"
 COMMON = {"data": "synthetic:32:val", "ansm_seeds": 1, "threats": ["oblivious", "adaptive"]}
 # name -> (defense group, robust_* settings); "plain" is the paper's ANSM at the same budget
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -82,13 +86,20 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "stoch-4": ("ansm-stochastic", {"stochastic_noise_std": 4 / 255}),
     "stoch-8": ("ansm-stochastic", {"stochastic_noise_std": 8 / 255}),
     "stoch-16": ("ansm-stochastic", {"stochastic_noise_std": 16 / 255}),
+    # the stack (table "stack-val", added after experiments/at_scale_probe.py's third run): the plain and the robust
+    # ANSM trained in front of the most robust localizer here (unet-small after 4,000 steps of PGD-10 training,
+    # white-box 0.050 at 4/255 alone) instead of the quick target. Does ANSM add robustness to a localizer that
+    # has some, where in front of the target it had none to build on?
+    "stack-plain": ("ansm", {"localizer": str(STACK), "adaptive_eps": [2 / 255, 4 / 255, 8 / 255]}),
+    "stack-robust": ("ansm-robust", {"localizer": str(STACK), "adaptive_eps": [2 / 255, 4 / 255, 8 / 255]}),
 }
 CLEAN_TOL = 0.03
 # the two tables of docs/benchmark.md: the robust recipe, then the stochastic ANSM's sigma next to its sigma = 0
 TABLES = {"robust-val": ("plain", "df1-kl1", "df0.5-kl1", "df1-kl0", "df1-kl1-pgd5"),
           "stochastic-val": ("plain", "df1-kl0", "stoch-4", "stoch-8", "stoch-16"),
           "probes-val": ("plain", "df1-kl0", "df1-kl0-px", "df1-kl0-eps1-3", "advft", "advft-eps4", "plain-x4", "df1-kl0-x4", "advft-x4",
-                         "trades", "trades-b6", "trades-x9")}
+                         "trades", "trades-b6", "trades-x9"),
+          "stack-val": ("stack-plain", "stack-robust")}
 
 PARTIAL_OK = ("stochastic-val",)  # tables written with the rows finished so far
 
@@ -97,7 +108,10 @@ def run_variant(name: str) -> dict:
     group, settings = VARIANTS[name]
     out = OUT / name
     first = OUT / next(iter(VARIANTS))
-    if name != next(iter(VARIANTS)) and not (out / "models" / "target").exists():
+    if "localizer" in settings:  # a variant with its own target localizer (the stack)
+        if not Path(settings["localizer"]).with_suffix(".json").is_file():
+            sys.exit(f"{name} needs {settings['localizer']}: run python experiments/at_scale_probe.py first")
+    elif name != next(iter(VARIANTS)) and not (out / "models" / "target").exists():
         if not (first / "models" / "target" / "localizer.json").exists():
             run_variant(next(iter(VARIANTS)))
         (out / "models").mkdir(parents=True, exist_ok=True)
@@ -117,12 +131,16 @@ def summarise(name: str, group: str, report: dict) -> dict:
         return next((r["f1"] for r in report["rows"] if r["threat"] == threat and r["attack"] == "pgd"
                      and r["defense"] == group and abs(r["eps"] - eps) < 1e-9), None)
 
+    def bare(eps: float) -> float | None:  # the target localizer alone under the same white-box attack
+        return next((r["f1"] for r in report["rows"] if r["threat"] == "adaptive" and r["attack"] == "pgd"
+                     and r["defense"] == "none" and abs(r["eps"] - eps) < 1e-9), None)
+
     failed = [c["check"] for c in report["checks"]["results"] if not c["ok"] and group in c["subject"]]
     return {"variant": name, "clean_bare": report["clean"]["none"]["f1"], "clean": report["clean"][group]["f1"],
             "oblivious_pgd8": row("oblivious", 8 / 255), "adaptive2": row("adaptive", 2 / 255),
             "adaptive4": row("adaptive", 4 / 255),
             "adaptive8": row("adaptive", 8 / 255), "train_s": report["timings_s"]["per_model"].get(f"{group}-s0"),
-            "checks_failed": failed}
+            "checks_failed": failed, "bare_adaptive": {str(e): bare(e / 255) for e in (2, 4, 8)}}
 
 
 def choose(rows: list[dict]) -> str:
@@ -169,6 +187,29 @@ def table(rows: list[dict], choosing: bool = True) -> str:
     return "\n".join(lines)
 
 
+def stack_table(rows: list[dict]) -> str:
+    """The stack: the localizer alone (its white-box numbers from the first row's run), then each ANSM in front
+    of it; each white-box F1 with its share of that row's clean F1, the share the bar asks about."""
+    def cell(f1: float | None, clean: float) -> str:
+        return "-" if f1 is None else f"{f1:.3f} ({f1 / clean:.0%})"
+
+    first = rows[0]
+    label = {"ansm": "plain ANSM", "ansm-robust": "robust ANSM (df1-kl0)"}
+    lines = ["| in front of unet-small + PGD-10 (4,000 steps), `val`, 29 forged | clean F1 | white-box 2/255 | "
+             "white-box 4/255 | white-box 8/255 | train s | ANSM at its bound | noise let through | failed checks |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    alone = first["bare_adaptive"]
+    lines.append(f"| nothing (the localizer alone) | {first['clean_bare']:.3f} | "
+                 + " | ".join(cell(alone[str(e)], first["clean_bare"]) for e in (2, 4, 8)) + " | - | - | - | - |")
+    for r in rows:
+        anchor = anchoring(r["variant"])
+        lines.append(f"| {label[VARIANTS[r['variant']][0]]} (`{r['variant']}`) | {r['clean']:.3f} | "
+                     + " | ".join(cell(r[f"adaptive{e}"], r["clean"]) for e in (2, 4, 8))
+                     + f" | {r['train_s']:.0f} | " + (f"{anchor[0]:.2f} | {anchor[1]:.2f}" if anchor else "- | -")
+                     + f" | {', '.join(r['checks_failed']) or 'none'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", action="store_true", help="write the table into docs/benchmark.md")
@@ -183,7 +224,8 @@ def main() -> None:
         # its finished rows, and which are still to run
         if missing and (section not in PARTIAL_OK or rows[0] is None):  # rows[0]: the reference row
             continue
-        text = table([r for r in rows if r is not None], choosing=section != "probes-val")
+        text = (stack_table(rows) if section == "stack-val" else
+                table([r for r in rows if r is not None], choosing=section != "probes-val"))
         if missing:
             text += (f"\n\nNot run yet: {', '.join(missing)} (`python experiments/robust_val.py "
                      + " ".join(f"--only {n}" for n in names) + " --docs`).")
