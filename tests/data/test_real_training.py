@@ -54,6 +54,12 @@ def test_batches_are_seeded_and_augmentations_change_pixels(tmp_path: Path) -> N
     assert not torch.equal(a[0], ds.batch(4, 32, seed=1, step=6)[0])
     x, m = a
     assert 0 <= x.min() and x.max() <= 1
+    # the blur alone on white: a weighted mean of ones rounds to 1 + 2.4e-7 at sigma 0.39, which once stopped a real
+    # run at the attack's [0, 1] check
+    white = RealTrainingSet(_forgery_folder(tmp_path / "w"), "train", augment=RealAugment(rescale=0, jpeg=0, blur=1, noise=0))
+    white.forged = [(torch.full_like(img, 255), mask) for img, mask in white.forged]
+    white.authentic = [torch.full_like(img, 255) for img in white.authentic]
+    assert max(float(white.batch(4, 32, seed=1, step=s)[0].max()) for s in range(40)) <= 1
     assert not torch.equal(x[:, :1], m)  # JPEG and blur moved the pixels away from the clean mask
     assert ((x[:, :1] > 0.5) == (m > 0.5)).float().mean() > 0.8  # ... but the mask still marks the bright region
 

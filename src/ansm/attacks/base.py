@@ -29,6 +29,8 @@ from ansm.errors import ConfigError, DataError
 from ansm.utils import parse_eps
 
 Model = Callable[[torch.Tensor], torch.Tensor]
+# how far outside [0, 1] an input may lie and still be taken as float rounding (a 40th of one grey level)
+RANGE_SLACK = 1e-4
 
 
 @contextlib.contextmanager
@@ -113,7 +115,7 @@ class Attack:
         if isinstance(generator, (list, tuple)) and len(generator) != images.shape[0]:
             raise ConfigError(f"{self.name}: {len(generator)} generators for {images.shape[0]} images (one per image)")
         device = model_device(self.model, images.device)
-        x = images.detach().to(device=device, dtype=torch.float32)
+        x = images.detach().to(device=device, dtype=torch.float32).clamp(0, 1)  # (within RANGE_SLACK: rounding)
         gen = generator if generator is not None else self.generator
         with eval_mode(self.model), torch.enable_grad():
             if mask is None:
@@ -182,8 +184,11 @@ class Attack:
             raise DataError(f"{self.name}: images must be a Bx3xHxW tensor, got {shape}")
         if not images.is_floating_point():
             raise DataError(f"{self.name}: images must be float in [0, 1], got {images.dtype}")
-        if images.numel() and (images.min() < 0 or images.max() > 1):
-            raise DataError(f"{self.name}: images must lie in [0, 1] (got [{images.min():.3f}, {images.max():.3f}])")
+        # a blur or resize of an image in [0, 1] can end a float rounding outside it (1.0000001): that is taken
+        # (and clamped in __call__); anything further out is another scale (0-255, mean/std normalised), refused
+        if images.numel() and (images.min() < -RANGE_SLACK or images.max() > 1 + RANGE_SLACK):
+            raise DataError(f"{self.name}: images must lie in [0, 1] (got [{images.min():.6g}, {images.max():.6g}]; "
+                            "0-255 images: divide by 255)")
         if mask is not None and (mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != images.shape[0]
                                  or mask.shape[-2:] != images.shape[-2:]):
             raise DataError(f"{self.name}: mask must be Bx1xHxW matching images {tuple(images.shape)}, got {tuple(mask.shape)}")

@@ -128,7 +128,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     c = x.shape[0]
     y = F.conv2d(F.pad(x[None], (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return y[0]
+    return y[0].clamp(0, 1)  # a weighted mean of ones can round to 1.0000001
 
 
 def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
