@@ -57,6 +57,19 @@ def _real_root(root: Path) -> Path:
     return root
 
 
+def test_a_resumed_training_is_timed_over_all_its_steps(tmp_path: Path) -> None:
+    """The side-by-side's training seconds: a run resumed at step 200 of 250 timed 50 steps (98 s on CASIA v1), and
+    is reported as the 250 steps' 490 s; an unbroken one as it was timed."""
+    from ansm.benchmark.real_informed import _training_seconds
+
+    for name, training in {"resumed": {"train_s": 98.0, "steps": 250, "resumed_from": 200},
+                           "unbroken": {"train_s": 420.0, "steps": 250, "resumed_from": 0}}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"training": training}))
+        (tmp_path / f"{name}.safetensors").write_bytes(b"")
+    seconds = _training_seconds({"adv-finetune": {"s0": tmp_path / "resumed", "s1": tmp_path / "unbroken"}})
+    assert seconds == {"adv-finetune@s0": 490.0, "adv-finetune@s1": 420.0}
+
+
 def test_a_tiny_run_through_every_stage_resumes_and_refuses_other_settings(tmp_path: Path,
                                                                           trained_localizer_path: Path) -> None:
     """Through val (the attack sets, the recipe rule), then on to stage 7 (informed): the robust ANSM and the

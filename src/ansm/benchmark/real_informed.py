@@ -165,14 +165,19 @@ def score(cfg: "RealConfig", localizer_path: Path, casia: Path, checkpoints: dic
 
 
 def _training_seconds(checkpoints: dict[str, dict[str, Path]]) -> dict[str, float | None]:
-    """Each trained defense's training time, read back from its checkpoint's JSON."""
+    """Each trained defense's training time, read back from its checkpoint's JSON. A training that resumed timed
+    only the steps after the resume (``resumed_from``): its time is scaled to all its steps, so a resume at step 200
+    of 250 does not make it look five times cheaper."""
     from ansm.checkpoint import load_checkpoint_meta
 
     seconds: dict[str, float | None] = {}
     for kind, seeds in checkpoints.items():
         for k, path in seeds.items():
             training = load_checkpoint_meta(path).get("training", {})
-            seconds[f"{kind}@{k}"] = training.get("train_s")
+            t, steps, start = training.get("train_s"), training.get("steps"), training.get("resumed_from") or 0
+            if t is not None and steps and 0 < start < steps:
+                t = round(t * steps / (steps - start), 1)
+            seconds[f"{kind}@{k}"] = t
     return seconds
 
 
@@ -207,7 +212,8 @@ def informed_section(done: dict[str, Any]) -> str:
     return (f"{table}\n\nThe first {inf['n_forged']} forged CASIA v1 `test` images at native resolution, F1@0.5 per "
             f"image; mean ± sd over seeds {', '.join(map(str, cfg['seeds']))}. Every trained defense had "
             f"{cfg['stage1_steps'] + cfg['stage2_steps']} steps at batch {cfg['ansm_batch']} on {cfg['crop']}-px "
-            "crops of `train`. White-box: PGD through the defense and the localizer, "
+            "crops of `train` (equal budgets in steps; train s is wall time on a CPU that may have been shared, a "
+            "resumed training's scaled from the steps it timed). White-box: PGD through the defense and the localizer, "
             f"{inf['steps']} steps, {inf['restarts']} restart(s) per objective (untargeted, hide), the worst per image, "
             "the oblivious image included; kept = white-box / the same seed's clean F1. Gray-box: PGD-10 through the "
             f"next seed's ANSM. Checks: half the steps must not leave F1 higher by more than {CHECK_MARGIN}; "
