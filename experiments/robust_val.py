@@ -127,20 +127,16 @@ def run_variant(name: str) -> dict:
 
 
 def summarise(name: str, group: str, report: dict) -> dict:
-    def row(threat: str, eps: float) -> float | None:  # None: not attacked at that budget
+    def row(threat: str, eps: float, defense: str = group) -> float | None:  # None: not attacked at that budget
         return next((r["f1"] for r in report["rows"] if r["threat"] == threat and r["attack"] == "pgd"
-                     and r["defense"] == group and abs(r["eps"] - eps) < 1e-9), None)
-
-    def bare(eps: float) -> float | None:  # the target localizer alone under the same white-box attack
-        return next((r["f1"] for r in report["rows"] if r["threat"] == "adaptive" and r["attack"] == "pgd"
-                     and r["defense"] == "none" and abs(r["eps"] - eps) < 1e-9), None)
+                     and r["defense"] == defense and abs(r["eps"] - eps) < 1e-9), None)
 
     failed = [c["check"] for c in report["checks"]["results"] if not c["ok"] and group in c["subject"]]
     return {"variant": name, "clean_bare": report["clean"]["none"]["f1"], "clean": report["clean"][group]["f1"],
             "oblivious_pgd8": row("oblivious", 8 / 255), "adaptive2": row("adaptive", 2 / 255),
             "adaptive4": row("adaptive", 4 / 255),
             "adaptive8": row("adaptive", 8 / 255), "train_s": report["timings_s"]["per_model"].get(f"{group}-s0"),
-            "checks_failed": failed, "bare_adaptive": {str(e): bare(e / 255) for e in (2, 4, 8)}}
+            "checks_failed": failed, "bare_adaptive": {str(e): row("adaptive", e / 255, "none") for e in (2, 4, 8)}}  # the target alone
 
 
 def choose(rows: list[dict]) -> str:
