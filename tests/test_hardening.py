@@ -155,6 +155,11 @@ CASES = {
     "too few source photos": (["synth", "--out", "{tmp}/s", "--n", "2", "--size", "32", "--source", "{photos}"],
                               "at least 3"),
     "unknown device": (["evaluate", "--model", "unet-small", "--data", "synthetic:2", "--device", "tpu9"], "tpu9"),
+    # fp16 autocast is CUDA's; on a CPU it is refused before any data is rendered or file written
+    "amp on a CPU (ANSM)": (["train", "--model", "unet-small", "--out", "{tmp}/t", "--pool", "2", "--size", "32", "--crop", "0",
+                             "--stage1-steps", "1", "--stage2-steps", "0", "--device", "cpu", "--amp"], "amp"),
+    "amp on a CPU (localizer)": (["train-localizer", "--arch", "unet-small", "--out", "{tmp}/l", "--pool", "2",
+                                  "--size", "32", "--steps", "1", "--device", "cpu", "--amp"], "amp"),
 }
 
 

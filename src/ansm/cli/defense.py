@@ -85,12 +85,14 @@ def train_cmd(
     source: Optional[Path] = typer.Option(None, help="Folder of authentic photos for synthesis (default: scikit-image's)."),
     seed: int = typer.Option(0, help="Seed for initialisation, batches and online attacks."),
     device: str = typer.Option("auto", help="cpu, cuda or auto (under torchrun: one device per process)."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on with CUDA)."),
 ) -> None:
     """Train ANSM against a frozen localizer: stage 1 aligns features (FFA), stage 2 enforces the dual-mask
     constraint (MgR). Adversarial inputs are generated online from an attack mix and/or read from --adv-data.
 
     Writes <out>/ansm (final), <out>/ansm_stage1, a resumable <out>/train_state and <out>/summary.json.
-    Runs unchanged under torchrun (gloo on CPU, NCCL on GPU); rank 0 writes the files.
+    Runs unchanged under torchrun (gloo on CPU, NCCL on GPU); rank 0 writes the files. On CUDA the losses run
+    under fp16 autocast (--no-amp: full precision); the online attacks always run in full precision.
     """
     from ansm.defense.trainer import TrainANSMConfig, train_ansm
     from ansm.utils import seed_everything
@@ -114,7 +116,7 @@ def train_cmd(
         kwargs["crop"] = crop or None
     if data is not None and crop is None:
         kwargs["crop"] = 256  # native-resolution photos: the size real localizers are trained at
-    cfg = TrainANSMConfig(localizer=model, out=str(out), seed=seed, device=device, split=split, **kwargs)
+    cfg = TrainANSMConfig(localizer=model, out=str(out), seed=seed, device=device, amp=amp, split=split, **kwargs)
     seed_everything(seed)
     import os
 

@@ -36,6 +36,10 @@ teacher forward per step, and nothing at inference. Off by default: distilling t
 
 Distributed: under ``torchrun`` every rank takes its slice of the global batch, ANSM is wrapped in
 ``DistributedDataParallel`` (gradients averaged), rank 0 writes checkpoints. ``batch_size`` is the global batch.
+On CUDA the losses run under fp16 autocast with a gradient scaler (``amp``; the localizer trainer does the same),
+the online attacks in full precision: an attack's sign steps should not depend on fp16 rounding. A resumed run
+starts its loss scale afresh (the scaler's state is not checkpointed), so a GPU resume is close to, not equal to,
+an uninterrupted run.
 
 Outputs in ``out``: ``ansm_stage1`` (the model after stage 1: the stage-1-only ablation), ``ansm`` (final),
 ``train_state`` (resumable), ``summary.json``. Checkpoint JSON records the localizer spec and taps.
@@ -143,6 +147,7 @@ class TrainANSMConfig:
     split: str = "train"
     ckpt_every: int = 25
     device: str = "auto"
+    amp: bool | None = None  # mixed precision (fp16 autocast); None: on for CUDA, off on a CPU
 
     def __post_init__(self) -> None:
         for name in ("eps_d", "eps_min", "eps_max", "noise_std"):
@@ -301,7 +306,7 @@ def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int,
     if need_ffa:
         with torch.no_grad(), FeatureTaps(localizer, taps) as t:
             localizer(batch.x_o)
-            feats_o = dict(t.features)
+            feats_o = {k: v.float() for k, v in t.features.items()}  # (fp32 losses under autocast too)
     b = batch.x_a.shape[0]
     # stage 2 needs x_po too: one pass over [x_a; x_o] (ANSM and V treat images independently, so this equals two
     # passes, and it keeps DistributedDataParallel to one forward per backward)
@@ -321,15 +326,15 @@ def ansm_losses(ansm: nn.Module, localizer: nn.Module, batch: Batch, stage: int,
     if stage == 2 or need_ffa:  # (stage 1 with ffa_weight 0 aligns pixels only and never runs the localizer)
         tapper = FeatureTaps(localizer, taps) if need_ffa else None
         with tapper or contextlib.nullcontext():
-            logits = localizer(defended if stage == 2 else defended[:b])
+            logits = localizer(defended if stage == 2 else defended[:b]).float()
         if tapper:
-            feats = {k: v[:b] for k, v in tapper.features.items()}
+            feats = {k: v[:b].float() for k, v in tapper.features.items()}
             terms.append(ffa_weight * ffa_loss(feats, feats_o, cfg.ffa_alpha, cfg.ffa_reduction))
         if stage == 2:
             terms.append(mgr_loss(logits[:b], logits[b:], batch.mask, cfg.mgr_lambda, cfg.mgr_dice))
             if cfg.clean_kl > 0:
                 with torch.no_grad():
-                    bare = localizer(batch.x_o)
+                    bare = localizer(batch.x_o).float()
                 terms.append(cfg.clean_kl * clean_kl_loss(logits[b:], bare))
     return torch.stack(terms).sum()
 
@@ -415,6 +420,10 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
     try:
         if cfg.batch_size % ctx.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {ctx.world_size} processes")
+        amp = cfg.amp if cfg.amp is not None else ctx.device.type == "cuda"
+        if amp and ctx.device.type != "cuda":
+            raise ConfigError("amp (fp16 autocast) needs a CUDA device; leave it off on a CPU")
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
         localizer = frozen_copy(localizer, cfg.localizer).to(ctx.device)
         taps = list(cfg.taps) if cfg.taps is not None else list(getattr(localizer, "default_taps", ()))
         uses_ffa = cfg.loss == "ansm" and ((cfg.stage1_steps and cfg.ffa_weight > 0) or (cfg.stage2_steps and cfg.mgr_ffa > 0))
@@ -453,12 +462,15 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
                 group["lr"] = lr_at(step, cfg)
             if ansm.stochastic:  # the stochastic ANSM's noise, a function of (seed, step, rank) like every draw
                 ansm.noise_generator = seeded_generator(cfg.seed, step, ctx.rank, 11)
-            batch = make_batch(step, cfg, ctx, localizer, pool, adv, ansm)
-            loss = ansm_losses(model, localizer, batch, stage, taps, cfg, teacher)
+            batch = make_batch(step, cfg, ctx, localizer, pool, adv, ansm)  # (attacks in full precision)
+            with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+                loss = ansm_losses(model, localizer, batch, stage, taps, cfg, teacher)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(ansm.parameters(), 5.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             value = float(all_reduce_mean(loss.detach(), ctx))
             losses[stage].append(value)
             if on_step:
@@ -476,7 +488,7 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
             "final_loss_stage1": losses[1][-1] if losses[1] else None,
             "final_loss_stage2": losses[2][-1] if losses[2] else None,
             "data_s": round(t_data, 1), "train_s": round(time.perf_counter() - t0, 1), "taps": taps,
-            "environments": environments,
+            "environments": environments, "amp": amp,
         }
         if ctx.is_main:
             stage = "full" if cfg.stage1_steps and cfg.stage2_steps else ("stage1" if cfg.stage1_steps else "stage2")

@@ -381,7 +381,7 @@ def _train(cfg: TrainLocalizerConfig, ctx: DistContext, on_step: Callable[[int, 
     t_train = time.perf_counter() - t0
     summary: dict[str, Any] = {"arch": cfg.arch, "steps": cfg.steps, "resumed_from": start, "final_loss": loss_value,
                                "data_s": round(t_data, 1), "train_s": round(t_train, 1), "config": asdict(cfg),
-                               "environments": environments}
+                               "environments": environments, "amp": amp}
     if ctx.is_main:  # (only rank 0 validated, so only it knows the best step)
         if val_set is not None and val_history:
             # the final model is the checkpoint chosen on val, never the last step by default
