@@ -350,3 +350,28 @@ def test_trains_on_a_real_split_with_a_mixed_size_attack_set(trained_localizer, 
         train_ansm(TrainANSMConfig(**{**cfg.__dict__, "split": "val"}), trained_localizer)
     with pytest.raises(ConfigError, match="needs crop"):
         TrainANSMConfig(**{**tiny_cfg, "data": str(folder), "crop": None})
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_losses_stay_float32_under_autocast(trained_localizer, synthetic_batch, stage: int) -> None:
+    """On CUDA the trainer runs ``ansm_losses`` under fp16 autocast; the networks' forwards drop precision, the
+    losses must not: the loss is float32 and within 2% of the full-precision one, and ANSM's gradients are finite.
+    Checked here under the CPU's fp16 autocast, the trainer's dtype. (bfloat16, with 3 fewer mantissa bits, puts FFA
+    3% off: its feature differences are small differences of large activations.)"""
+    from ansm.defense.ansm_net import ANSM
+    from ansm.defense.trainer import Batch, ansm_losses, frozen_copy
+
+    localizer = frozen_copy(trained_localizer, None)
+    x_o, m = synthetic_batch["image"][:4, :, :32, :32], synthetic_batch["mask"][:4, :, :32, :32]
+    x_a = (x_o + 8 / 255 * torch.randn(x_o.shape, generator=torch.Generator().manual_seed(0)).sign()).clamp(0, 1)
+    batch = Batch(x_o, x_a, m, "offline")
+    cfg = TrainANSMConfig(localizer="x", stage1_steps=1, stage2_steps=1, mgr_ffa=0.5, clean_kl=1.0, mgr_pixel=0.1)
+    torch.manual_seed(0)
+    ansm = ANSM()
+    full = ansm_losses(ansm, localizer, batch, stage, list(localizer.default_taps), cfg)
+    with torch.autocast("cpu", dtype=torch.float16):
+        mixed = ansm_losses(ansm, localizer, batch, stage, list(localizer.default_taps), cfg)
+    assert mixed.dtype == torch.float32
+    assert mixed.item() == pytest.approx(full.item(), rel=0.02)
+    mixed.backward()
+    assert all(torch.isfinite(p.grad).all() for p in ansm.parameters() if p.grad is not None)
