@@ -6,7 +6,7 @@
 #
 # 1. tests/test_cuda.py on the GPU: both trainers under fp16 autocast, PGD, ANSM and `ansm defend` on the device,
 #    and checkpoints moved between the GPU and a CPU (seconds);
-# 2. the demo on the GPU (`ansm demo --device cuda`): the whole pipeline end to end, timed (35 min on 2 CPU cores);
+# 2. the demo on the GPU (`ansm demo --device cuda`): the whole pipeline end to end, timed (~9 min on 2 CPU cores);
 # 3. what GPU-scale adversarial training would cost (issue 14's open lever): 300 steps of unet-small trained on
 #    PGD-10 examples only at 4/255, batch 64, 96-px crops; its summary.json's train_s gives steps per hour;
 # 4. the ANSM latency bench on the GPU, fp32 and fp16 (bench/ansm_latency.py).
