@@ -21,6 +21,8 @@ from ansm.utils import seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_SIZE = 64
+# the fixture localizer's recipe (tests/test_cuda.py trains the same one on a GPU, through ``localizer_recipe``)
+FIXTURE_RECIPE = dict(size=FIXTURE_SIZE, steps=80, batch_size=8, pool=160, warmup=10, lr=5e-3, eval_n=0)
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +31,15 @@ def trained_localizer(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Modu
 
     seed_everything(0)
     out = tmp_path_factory.mktemp("trained_localizer")
-    cfg = TrainLocalizerConfig(out=str(out), size=FIXTURE_SIZE, steps=80, batch_size=8, pool=160, warmup=10,
-                               lr=5e-3, eval_n=0)
+    cfg = TrainLocalizerConfig(out=str(out), **FIXTURE_RECIPE)
     model, _ = train_localizer(cfg)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def localizer_recipe() -> dict:
+    """``TrainLocalizerConfig`` keywords of ``trained_localizer`` (a copy: a test may add to it)."""
+    return dict(FIXTURE_RECIPE)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from ansm.attacks import create_attack
 from ansm.cli import app
-from ansm.data.synth import SyntheticForgeries
 from ansm.defense import TrainANSMConfig, load_ansm, train_ansm
 from ansm.eval.metrics import f1_score
 from ansm.models.registry import load_localizer
@@ -42,21 +41,17 @@ def full_precision_matmuls():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """The suite's fixture localizer recipe (80 steps of the two-stream net at 64x64), trained on DEVICE."""
+def trained(tmp_path_factory: pytest.TempPathFactory, localizer_recipe: dict) -> tuple[Path, dict]:
+    """The suite's fixture localizer (conftest's recipe), trained on DEVICE."""
     seed_everything(0)
     out = tmp_path_factory.mktemp("cuda_localizer")
-    cfg = TrainLocalizerConfig(out=str(out), size=64, steps=80, batch_size=8, pool=160, warmup=10, lr=5e-3,
-                               eval_n=0, device=str(DEVICE))
-    _, summary = train_localizer(cfg)
+    _, summary = train_localizer(TrainLocalizerConfig(out=str(out), device=str(DEVICE), **localizer_recipe))
     return out / "localizer", summary
 
 
-@pytest.fixture(scope="module")
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    ds = SyntheticForgeries(16, seed=0, split="test", size=64)
-    items = [ds[i] for i in range(len(ds))]
-    return torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
+@pytest.fixture()
+def batch(synthetic_batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return synthetic_batch["image"], synthetic_batch["mask"]
 
 
 def _f1(model: torch.nn.Module, x: torch.Tensor, m: torch.Tensor) -> float:

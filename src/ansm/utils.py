@@ -88,6 +88,16 @@ def parse_eps(value: float | str) -> float:
     return out
 
 
+def mixed_precision(amp: bool | None, device: torch.device) -> tuple[bool, torch.amp.GradScaler]:
+    """The trainers' mixed precision: (on?, gradient scaler). ``None`` turns fp16 autocast on for CUDA and off
+    elsewhere; asking for it on a CPU is a :class:`ConfigError` (CPU fp16 autocast exists, but is slow and not what
+    a user asking for ``--amp`` expects). The scaler is a pass-through when off, so one training loop serves both."""
+    on = amp if amp is not None else device.type == "cuda"
+    if on and device.type != "cuda":
+        raise ConfigError("amp (fp16 autocast) needs a CUDA device; leave it off on a CPU")
+    return on, torch.amp.GradScaler("cuda", enabled=on)
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/``"auto"`` picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
     if device is None or str(device) == "auto":

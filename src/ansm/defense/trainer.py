@@ -75,7 +75,7 @@ from ansm.defense.losses import (REDUCTIONS, clean_kl_loss, distill_loss, featur
                                  pixel_denoiser_loss)
 from ansm.errors import CheckpointError, ConfigError
 from ansm.models.taps import FeatureTaps, resolve_layers
-from ansm.utils import environments_so_far, parse_eps, run_environment, seeded_generator, write_json_atomic
+from ansm.utils import environments_so_far, mixed_precision, parse_eps, run_environment, seeded_generator, write_json_atomic
 from ansm.validate import check_fields
 
 if TYPE_CHECKING:
@@ -420,10 +420,7 @@ def train_ansm(cfg: TrainANSMConfig, localizer: nn.Module | None = None,
     try:
         if cfg.batch_size % ctx.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {ctx.world_size} processes")
-        amp = cfg.amp if cfg.amp is not None else ctx.device.type == "cuda"
-        if amp and ctx.device.type != "cuda":
-            raise ConfigError("amp (fp16 autocast) needs a CUDA device; leave it off on a CPU")
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        amp, scaler = mixed_precision(cfg.amp, ctx.device)
         localizer = frozen_copy(localizer, cfg.localizer).to(ctx.device)
         taps = list(cfg.taps) if cfg.taps is not None else list(getattr(localizer, "default_taps", ()))
         uses_ffa = cfg.loss == "ansm" and ((cfg.stage1_steps and cfg.ffa_weight > 0) or (cfg.stage2_steps and cfg.mgr_ffa > 0))

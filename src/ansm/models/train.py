@@ -44,7 +44,7 @@ from ansm.data.synth import SyntheticForgeries
 from ansm.errors import CheckpointError, ConfigError
 from ansm.eval.evaluate import evaluate
 from ansm.models.registry import create_localizer, save_localizer
-from ansm.utils import environments_so_far, run_environment, seeded_generator
+from ansm.utils import environments_so_far, mixed_precision, run_environment, seeded_generator
 from ansm.validate import check_fields
 
 if TYPE_CHECKING:
@@ -307,10 +307,7 @@ def _train(cfg: TrainLocalizerConfig, ctx: DistContext, on_step: Callable[[int, 
     model.to(ctx.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    amp = cfg.amp if cfg.amp is not None else ctx.device.type == "cuda"
-    if amp and ctx.device.type != "cuda":
-        raise ConfigError("amp (fp16 autocast) needs a CUDA device; leave it off on a CPU")
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    amp, scaler = mixed_precision(cfg.amp, ctx.device)
     net: nn.Module = model
     if ctx.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
